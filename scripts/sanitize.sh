@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Sanitizer builds for CI.
+#   scripts/sanitize.sh address   ASan+UBSan (+LSan), every unit and integration test
+#   scripts/sanitize.sh thread    TSan, the concurrency tests (ctest -L concurrency)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/deps.sh test
+kind=${1:?usage: sanitize.sh address|thread}
+dir=build-$kind
+cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=Debug -DCMAKE_C_COMPILER=clang -DBROKER_SANITIZE="$kind" >/dev/null
+cmake --build "$dir" -j"$(nproc)"
+cd "$dir"
+case $kind in
+  address)
+    export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:strict_string_checks=1
+    export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+    ctest --output-on-failure -L 'unit|integration' ;;
+  thread)
+    export TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1"
+    ctest --output-on-failure -L concurrency ;;
+  *) echo "sanitize.sh: unknown kind '$kind' (address|thread)" >&2; exit 2 ;;
+esac
