@@ -8,7 +8,11 @@ scripts/deps.sh test
 kind=${1:?usage: sanitize.sh address|thread}
 dir=build-$kind
 cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=Debug -DCMAKE_C_COMPILER=clang -DBROKER_SANITIZE="$kind" >/dev/null
-cmake --build "$dir" -j"$(nproc)"
+if [ "$kind" = thread ]; then
+  cmake --build "$dir" -j"$(nproc)" --target stress_all   # all TSan runs (see tests/CMakeLists.txt)
+else
+  cmake --build "$dir" -j"$(nproc)"
+fi
 cd "$dir"
 case $kind in
   address)

@@ -7,7 +7,6 @@
  * item exactly once.
  */
 #include <criterion/criterion.h>
-#include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -16,8 +15,6 @@
 #include "ring_spsc.h"
 
 #define ITEM(p, s) ((void *)(uintptr_t)((((uint64_t)(p) << 32) | (uint64_t)(s)) + 1))
-#define ITEM_PROD(v) ((uint32_t)((((uintptr_t)(v)) - 1) >> 32))
-#define ITEM_SEQ(v) ((uint32_t)((((uintptr_t)(v)) - 1) & 0xffffffffu))
 
 /* Cursor start points: zero, just below the 32-bit limit (catches code that
  * truncates cursors to 32 bits) and just below the 64-bit limit. */
@@ -161,176 +158,33 @@ Test(ring, bulk_partial_and_order)
     ring_spsc_destroy(&s);
 }
 
-/* ---- threaded stress ---------------------------------------------------- */
+/* ---- threaded stress (tests/stress/stress_ring.c; TSan runs it via stress_all) */
 
-#define STRESS_PER_PRODUCER 200000u
-#define MAX_THREADS 8
+#include "stress.h"
 
-struct stress {
-    struct ring_mpmc mpmc;
-    struct ring_spsc spsc;
-    bool use_spsc;
-    bool bulk;
-    uint32_t producers, consumers;
-    _Atomic uint32_t producers_done;
-    /* seen[p][s]: how many times item (p, s) was consumed. */
-    _Atomic uint8_t *seen[MAX_THREADS];
-    _Atomic uint64_t consumed;
-    _Atomic uint32_t order_violations;
-};
-
-struct stress_arg {
-    struct stress *st;
-    uint32_t id;
-};
-
-static void backoff(unsigned *spins)
+static void expect_stress(int (*fn)(char *, size_t))
 {
-    if (++*spins > 64) {
-        sched_yield(); /* 2 cores, 4 threads: let a preempted peer finish */
-        *spins = 0;
-    }
-}
-
-static void *stress_producer(void *p)
-{
-    struct stress_arg *a = p;
-    struct stress *st = a->st;
-    unsigned spins = 0;
-    uint32_t s = 0;
-    while (s < STRESS_PER_PRODUCER) {
-        if (st->bulk) {
-            void *batch[16];
-            uint32_t n = 0;
-            while (n < 16 && s + n < STRESS_PER_PRODUCER) {
-                batch[n] = ITEM(a->id, s + n);
-                n++;
-            }
-            uint32_t k = st->use_spsc ? ring_spsc_try_push_bulk(&st->spsc, batch, n)
-                                      : ring_mpmc_try_push_bulk(&st->mpmc, batch, n);
-            s += k;
-            if (!k)
-                backoff(&spins);
-        } else {
-            bool ok = st->use_spsc ? ring_spsc_try_push(&st->spsc, ITEM(a->id, s))
-                                   : ring_mpmc_try_push(&st->mpmc, ITEM(a->id, s));
-            if (ok)
-                s++;
-            else
-                backoff(&spins);
-        }
-    }
-    atomic_fetch_add_explicit(&st->producers_done, 1, memory_order_release);
-    return NULL;
-}
-
-static void consume_one(struct stress *st, void *v, uint32_t *last)
-{
-    uint32_t p = ITEM_PROD(v), s = ITEM_SEQ(v);
-    if (p >= st->producers || s >= STRESS_PER_PRODUCER) {
-        atomic_fetch_add(&st->order_violations, 1);
-        return;
-    }
-    atomic_fetch_add_explicit(&st->seen[p][s], 1, memory_order_relaxed);
-    /* Per-producer order as seen by one consumer must be increasing: a ring
-     * is FIFO, so a single consumer never sees a producer's items reordered. */
-    if (last[p] != UINT32_MAX && s <= last[p])
-        atomic_fetch_add(&st->order_violations, 1);
-    last[p] = s;
-    atomic_fetch_add_explicit(&st->consumed, 1, memory_order_relaxed);
-}
-
-static void *stress_consumer(void *p)
-{
-    struct stress_arg *a = p;
-    struct stress *st = a->st;
-    uint32_t last[MAX_THREADS];
-    for (int i = 0; i < MAX_THREADS; i++)
-        last[i] = UINT32_MAX;
-    unsigned spins = 0;
-    uint64_t total = (uint64_t)st->producers * STRESS_PER_PRODUCER;
-    while (atomic_load_explicit(&st->consumed, memory_order_relaxed) < total) {
-        void *out[16];
-        uint32_t k;
-        if (st->bulk)
-            k = st->use_spsc ? ring_spsc_try_pop_bulk(&st->spsc, out, 16)
-                             : ring_mpmc_try_pop_bulk(&st->mpmc, out, 16);
-        else
-            k = (st->use_spsc ? ring_spsc_try_pop(&st->spsc, out)
-                              : ring_mpmc_try_pop(&st->mpmc, out))
-                    ? 1
-                    : 0;
-        for (uint32_t i = 0; i < k; i++)
-            consume_one(st, out[i], last);
-        if (!k)
-            backoff(&spins);
-    }
-    return NULL;
-}
-
-static void run_stress(bool use_spsc, bool bulk, uint32_t producers, uint32_t consumers,
-                       uint32_t cap, uint64_t start)
-{
-    struct stress st = {.use_spsc = use_spsc, .bulk = bulk, .producers = producers,
-                        .consumers = consumers};
-    if (use_spsc)
-        cr_assert_eq(ring_spsc_init_at(&st.spsc, cap, start), 0);
-    else
-        cr_assert_eq(ring_mpmc_init_at(&st.mpmc, cap, start), 0);
-    for (uint32_t p = 0; p < producers; p++) {
-        st.seen[p] = calloc(STRESS_PER_PRODUCER, 1);
-        cr_assert_not_null(st.seen[p]);
-    }
-    pthread_t th[2 * MAX_THREADS];
-    struct stress_arg args[2 * MAX_THREADS];
-    uint32_t n = 0;
-    for (uint32_t c = 0; c < consumers; c++, n++) {
-        args[n] = (struct stress_arg){&st, c};
-        cr_assert_eq(pthread_create(&th[n], NULL, stress_consumer, &args[n]), 0);
-    }
-    for (uint32_t p = 0; p < producers; p++, n++) {
-        args[n] = (struct stress_arg){&st, p};
-        cr_assert_eq(pthread_create(&th[n], NULL, stress_producer, &args[n]), 0);
-    }
-    for (uint32_t i = 0; i < n; i++)
-        pthread_join(th[i], NULL);
-
-    cr_assert_eq(atomic_load(&st.order_violations), 0, "per-producer order violated");
-    for (uint32_t p = 0; p < producers; p++) {
-        for (uint32_t s = 0; s < STRESS_PER_PRODUCER; s++)
-            cr_assert_eq(atomic_load(&st.seen[p][s]), 1,
-                         "item (%u,%u) delivered %u times (expected exactly once)", p, s,
-                         (unsigned)atomic_load(&st.seen[p][s]));
-        free(st.seen[p]);
-    }
-    void *v;
-    if (use_spsc) {
-        cr_assert_not(ring_spsc_try_pop(&st.spsc, &v), "items left over");
-        ring_spsc_destroy(&st.spsc);
-    } else {
-        cr_assert_not(ring_mpmc_try_pop(&st.mpmc, &v), "items left over");
-        ring_mpmc_destroy(&st.mpmc);
-    }
+    char err[256] = "";
+    int rc = fn(err, sizeof err);
+    cr_assert_eq(rc, 0, "%s", err);
 }
 
 Test(ring_stress, spsc_exactly_once, .timeout = 120)
 {
-    run_stress(true, false, 1, 1, 64, UINT64_MAX - 1000);
-    run_stress(true, true, 1, 1, 64, UINT32_MAX - 1000);
+    expect_stress(stress_ring_spsc);
 }
 
 Test(ring_stress, mpmc_exactly_once_4p4c, .timeout = 120)
 {
-    run_stress(false, false, 4, 4, 64, UINT64_MAX - 1000);
+    expect_stress(stress_ring_mpmc_4p4c);
 }
 
 Test(ring_stress, mpmc_bulk_exactly_once_3p2c, .timeout = 120)
 {
-    run_stress(false, true, 3, 2, 32, UINT64_MAX - 100);
+    expect_stress(stress_ring_mpmc_bulk);
 }
 
 Test(ring_stress, mpmc_tiny_ring_2p2c, .timeout = 120)
 {
-    /* Capacity 1 maximises claim/publish races on the same cell. */
-    run_stress(false, false, 2, 2, 1, UINT64_MAX - 10);
+    expect_stress(stress_ring_mpmc_tiny);
 }

@@ -1,0 +1,42 @@
+/*
+ * stress_main.c - runs every stress case without Criterion, so the cases can
+ * run under ThreadSanitizer (see stress.h). Prints one line per case and a
+ * closing "N passed, M failed" line; exits non-zero if any case failed.
+ * Usage: stress_all [substring]   (run only cases whose name contains it)
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "stress.h"
+
+struct stress_entry {
+    const char *name;
+    int (*fn)(char *, size_t);
+};
+
+static const struct stress_entry cases[] = {
+    {"ring_spsc", stress_ring_spsc},
+    {"ring_mpmc_4p4c", stress_ring_mpmc_4p4c},
+    {"ring_mpmc_bulk", stress_ring_mpmc_bulk},
+    {"ring_mpmc_tiny", stress_ring_mpmc_tiny},
+};
+
+int main(int argc, char **argv)
+{
+    const char *filter = argc > 1 ? argv[1] : NULL;
+    int passed = 0, failed = 0;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        if (filter && !strstr(cases[i].name, filter))
+            continue;
+        char err[512] = "";
+        int rc = cases[i].fn(err, sizeof err);
+        printf("%s %s%s%s\n", rc == 0 ? "PASS" : "FAIL", cases[i].name, rc ? ": " : "", err);
+        fflush(stdout);
+        if (rc == 0)
+            passed++;
+        else
+            failed++;
+    }
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed ? 1 : 0;
+}
