@@ -19,6 +19,9 @@ static const struct stress_entry cases[] = {
     {"ring_mpmc_4p4c", stress_ring_mpmc_4p4c},
     {"ring_mpmc_bulk", stress_ring_mpmc_bulk},
     {"ring_mpmc_tiny", stress_ring_mpmc_tiny},
+    {"pool_one_slot", stress_pool_one_slot},
+    {"pool_two_slots", stress_pool_two_slots},
+    {"pool_pingpong", stress_pool_pingpong},
 };
 
 int main(int argc, char **argv)

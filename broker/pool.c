@@ -1,0 +1,182 @@
+/*
+ * pool.c - backend slot pool; see pool.h for the principle.
+ *
+ * Invariants:
+ *   - every slot is in exactly one place: idle, spare, or held by one owner
+ *     (a thread, or a token's owner after a handoff);
+ *   - `waiting` counts tokens pushed and not yet popped, so it bounds the
+ *     waiter ring and enforces max_queue;
+ *   - after any release or acquire returns, either no token waits or no
+ *     slot is free (no lost wake-up), thanks to the paired seq_cst fences.
+ */
+#include <errno.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "pool.h"
+
+int pool_init(struct pool *p, uint32_t size, uint32_t max_queue, pool_handoff_fn handoff,
+              void *handoff_arg)
+{
+    if (size == 0 || max_queue == 0 || !handoff)
+        return -EINVAL;
+    *p = (struct pool){.size = size, .max_queue = max_queue, .handoff = handoff,
+                       .handoff_arg = handoff_arg};
+    int rc = -ENOMEM;
+    p->slots = calloc(size, sizeof *p->slots);
+    if (!p->slots)
+        goto err;
+    if ((rc = ring_mpmc_init(&p->idle, size)) < 0)
+        goto err;
+    if ((rc = ring_mpmc_init(&p->spare, size)) < 0)
+        goto err_idle;
+    if ((rc = ring_mpmc_init(&p->waiters, max_queue)) < 0)
+        goto err_spare;
+    for (uint32_t i = 0; i < size; i++) {
+        p->slots[i].index = i;
+        p->slots[i].fd = -1;
+        atomic_init(&p->slots[i].held, 0);
+        ring_mpmc_try_push(&p->spare, &p->slots[i]); /* cannot fail: capacity >= size */
+    }
+    return 0;
+err_spare:
+    ring_mpmc_destroy(&p->spare);
+err_idle:
+    ring_mpmc_destroy(&p->idle);
+err:
+    free(p->slots);
+    p->slots = NULL;
+    return rc;
+}
+
+void pool_destroy(struct pool *p)
+{
+    if (!p || !p->slots)
+        return;
+    for (uint32_t i = 0; i < p->size; i++)
+        if (p->slots[i].fd >= 0) {
+            close(p->slots[i].fd);
+            p->slots[i].fd = -1;
+        }
+    ring_mpmc_destroy(&p->waiters);
+    ring_mpmc_destroy(&p->spare);
+    ring_mpmc_destroy(&p->idle);
+    free(p->slots);
+    p->slots = NULL;
+}
+
+static void mark_held(struct pool *p, struct pool_slot *s)
+{
+    /* acq_rel: the exchange orders this holder after the previous holder's
+     * release store of 0 (pool_release). A previous value of 1 means two
+     * holders at once: count it, tests assert it never happens. */
+    if (atomic_exchange_explicit(&s->held, 1, memory_order_acq_rel) != 0)
+        atomic_fetch_add_explicit(&p->n_double, 1, memory_order_relaxed);
+}
+
+static struct pool_slot *take_free(struct pool *p)
+{
+    void *v;
+    if (ring_mpmc_try_pop(&p->idle, &v))
+        return v;
+    if (ring_mpmc_try_pop(&p->spare, &v))
+        return v;
+    return NULL;
+}
+
+static void put_free(struct pool *p, struct pool_slot *s)
+{
+    struct ring_mpmc *r = s->fd >= 0 ? &p->idle : &p->spare;
+    unsigned spins = 0;
+    /* Capacity equals the slot count, so the ring has room; a failure can
+     * only be a preempted consumer still finishing its pop of this cell. */
+    while (!ring_mpmc_try_push(r, s))
+        if (++spins % 64 == 0)
+            sched_yield();
+}
+
+/* Hand a free (unheld) slot to the oldest waiter, or put it back; repeat the
+ * check after publishing so a token queued concurrently is not stranded. */
+static void dispatch_free(struct pool *p, struct pool_slot *s)
+{
+    unsigned spins = 0;
+    for (;;) {
+        void *tok;
+        if (ring_mpmc_try_pop(&p->waiters, &tok)) {
+            /* Relaxed: `waiting` is a bound, ordered by the ring itself. */
+            atomic_fetch_sub_explicit(&p->waiting, 1, memory_order_relaxed);
+            atomic_fetch_add_explicit(&p->n_handoffs, 1, memory_order_relaxed);
+            mark_held(p, s);
+            p->handoff(p->handoff_arg, (uint64_t)(uintptr_t)tok, s);
+            return;
+        }
+        put_free(p, s);
+        /* Pairs with the fence in pool_acquire: either we see its token here,
+         * or it sees our slot in its second take_free. */
+        atomic_thread_fence(memory_order_seq_cst);
+        if (atomic_load_explicit(&p->waiting, memory_order_relaxed) == 0)
+            return;
+        s = take_free(p);
+        if (!s)
+            return; /* its new holder will serve the waiter on release */
+        if (++spins % 64 == 0)
+            sched_yield(); /* a waiter is between claim and publish */
+    }
+}
+
+enum pool_result pool_acquire(struct pool *p, uint64_t token, struct pool_slot **out)
+{
+    struct pool_slot *s = NULL;
+    void *v;
+    if (ring_mpmc_try_pop(&p->idle, &v)) {
+        s = v;
+        atomic_fetch_add_explicit(&p->n_idle, 1, memory_order_relaxed);
+    } else if (ring_mpmc_try_pop(&p->spare, &v)) {
+        s = v;
+        atomic_fetch_add_explicit(&p->n_spare, 1, memory_order_relaxed);
+    }
+    if (s) {
+        mark_held(p, s);
+        *out = s;
+        return POOL_GOT;
+    }
+    /* Relaxed RMW: the counter only bounds the queue; the ring orders data. */
+    if (atomic_fetch_add_explicit(&p->waiting, 1, memory_order_relaxed) >= p->max_queue) {
+        atomic_fetch_sub_explicit(&p->waiting, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&p->n_overloaded, 1, memory_order_relaxed);
+        return POOL_OVERLOADED;
+    }
+    unsigned spins = 0;
+    while (!ring_mpmc_try_push(&p->waiters, (void *)(uintptr_t)token))
+        if (++spins % 64 == 0)
+            sched_yield(); /* only a preempted popper can make this fail */
+    atomic_fetch_add_explicit(&p->n_queued, 1, memory_order_relaxed);
+    /* Pairs with the fence in dispatch_free (see there). */
+    atomic_thread_fence(memory_order_seq_cst);
+    s = take_free(p);
+    if (s)
+        dispatch_free(p, s); /* serves the oldest waiter, which may be us */
+    return POOL_QUEUED;
+}
+
+void pool_release(struct pool *p, struct pool_slot *s)
+{
+    /* Release: the holder's use of the slot (fd, ctx) happens-before the
+     * next holder's acquire exchange in mark_held. */
+    atomic_store_explicit(&s->held, 0, memory_order_release);
+    dispatch_free(p, s);
+}
+
+void pool_stats_read(struct pool *p, struct pool_stats *out)
+{
+    /* Relaxed: monitoring figures, each individually exact. */
+    out->acquired_idle = atomic_load_explicit(&p->n_idle, memory_order_relaxed);
+    out->acquired_spare = atomic_load_explicit(&p->n_spare, memory_order_relaxed);
+    out->queued = atomic_load_explicit(&p->n_queued, memory_order_relaxed);
+    out->handoffs = atomic_load_explicit(&p->n_handoffs, memory_order_relaxed);
+    out->overloaded = atomic_load_explicit(&p->n_overloaded, memory_order_relaxed);
+    out->double_holds = atomic_load_explicit(&p->n_double, memory_order_relaxed);
+    out->waiting = atomic_load_explicit(&p->waiting, memory_order_relaxed);
+    out->idle = ring_mpmc_size(&p->idle);
+}

@@ -1,0 +1,102 @@
+/*
+ * pool.h - process-wide backend connection slots for one backend.
+ *
+ * Principle: a backend connection may carry one request at a time (the
+ * Blender add-on hangs for good on two back-to-back requests), so the only
+ * way to use one is to hold its slot, and the only way to hold a slot is to
+ * take it out of a lock-free ring. Acquire and release are single ring
+ * operations: there is no "in use" flag that two threads could both see as
+ * false (the RACE_CONDITION_001 of the Node.js pool in seeds/001).
+ *
+ *   idle   MPMC ring of connected, idle slots   (preferred: reuse)
+ *   spare  MPMC ring of unconnected slots       (taken only when idle is
+ *          empty: connections are created on demand up to pool_size)
+ *   waiters MPMC ring of opaque 64-bit tokens   (bounded FIFO, max_queue)
+ *
+ * When all slots are held, pool_acquire queues the caller's token and
+ * returns POOL_QUEUED; the next pool_release pops the oldest token and hands
+ * the slot directly to it through the handoff callback (FIFO, no thundering
+ * herd). The race "releaser sees no waiter / acquirer sees no idle slot" is
+ * closed Dekker-style: the acquirer publishes its token, then a seq_cst
+ * fence, then looks for a slot again; the releaser publishes the slot, then a
+ * seq_cst fence, then looks for waiters again. One of the two must see the
+ * other. Tokens are values, never pointers, so a stale token (its request
+ * already timed out) is harmless: its owner gets the slot and releases it.
+ *
+ * Each slot also carries a `held` flag set with an atomic exchange on every
+ * acquisition: it is a tripwire, not a lock. A non-zero previous value is
+ * counted in stats.double_holds, which tests assert stays 0.
+ *
+ * Thread safety: pool_acquire, pool_release and pool_stats_read may be
+ * called from any thread concurrently; init/destroy only when nothing else
+ * runs. The slot's fd and ctx belong to whoever holds the slot.
+ */
+#ifndef BROKER_POOL_H
+#define BROKER_POOL_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "ring_mpmc.h"
+
+struct pool_slot {
+    uint32_t index;
+    int fd;                  /* -1: not connected; owned by the holder */
+    _Atomic uint32_t held;   /* tripwire, see above */
+    uint64_t requests;       /* requests served on the current connection */
+    void *ctx;               /* the broker's per-connection state */
+};
+
+/* Called on the releasing thread: the slot now belongs to `token`'s owner. */
+typedef void (*pool_handoff_fn)(void *arg, uint64_t token, struct pool_slot *slot);
+
+struct pool_stats {
+    uint64_t acquired_idle;  /* acquisitions that reused a connected slot */
+    uint64_t acquired_spare; /* acquisitions that must connect first */
+    uint64_t queued;         /* tokens ever queued */
+    uint64_t handoffs;       /* slots handed directly to a waiter */
+    uint64_t overloaded;     /* refused: queue full */
+    uint64_t double_holds;   /* must stay 0 */
+    uint32_t waiting;        /* tokens in the queue now (incl. stale ones) */
+    uint32_t idle;           /* connected idle slots now */
+};
+
+struct pool {
+    struct pool_slot *slots;
+    uint32_t size;
+    uint32_t max_queue;
+    struct ring_mpmc idle;
+    struct ring_mpmc spare;
+    struct ring_mpmc waiters;
+    pool_handoff_fn handoff;
+    void *handoff_arg;
+    alignas(RING_CACHELINE) _Atomic uint32_t waiting;
+    _Atomic uint64_t n_idle, n_spare, n_queued, n_handoffs, n_overloaded, n_double;
+};
+
+enum pool_result { POOL_GOT = 0, POOL_QUEUED = 1, POOL_OVERLOADED = 2 };
+
+/* size >= 1 slots (all unconnected), at most max_queue waiters (>= 1).
+ * Returns 0, -EINVAL or -ENOMEM. */
+int pool_init(struct pool *p, uint32_t size, uint32_t max_queue, pool_handoff_fn handoff,
+              void *handoff_arg);
+
+/* Closes every connected slot's fd and frees the rings. The caller must hold
+ * or have released every slot and must free each slot's ctx first. */
+void pool_destroy(struct pool *p);
+
+/* POOL_GOT: *out is yours (connect first if (*out)->fd < 0).
+ * POOL_QUEUED: token queued; handoff(token, slot) will be called, possibly
+ *              before this returns and possibly on another thread.
+ * POOL_OVERLOADED: the waiter queue is full; nothing was queued.
+ * token must be non-zero. */
+enum pool_result pool_acquire(struct pool *p, uint64_t token, struct pool_slot **out);
+
+/* Give a held slot back (fd >= 0: connected, reusable; fd < 0: closed). If a
+ * token waits, the slot goes straight to it through handoff. */
+void pool_release(struct pool *p, struct pool_slot *s);
+
+void pool_stats_read(struct pool *p, struct pool_stats *out);
+
+#endif /* BROKER_POOL_H */

@@ -1,0 +1,103 @@
+/*
+ * test_pool.c - backend slot pool: on-demand connections, reuse of idle
+ * connections first, bounded FIFO waiter queue, direct handoff, overload,
+ * and the multi-threaded no-double-hold stress (RACE_CONDITION_001).
+ */
+#include <criterion/criterion.h>
+
+#include "pool.h"
+#include "stress.h"
+
+struct handoff_log {
+    uint64_t tokens[16];
+    struct pool_slot *slots[16];
+    int n;
+};
+
+static void record(void *arg, uint64_t token, struct pool_slot *s)
+{
+    struct handoff_log *log = arg;
+    log->tokens[log->n] = token;
+    log->slots[log->n] = s;
+    log->n++;
+}
+
+Test(pool, reuses_idle_before_opening_new)
+{
+    struct handoff_log log = {0};
+    struct pool p;
+    cr_assert_eq(pool_init(&p, 3, 4, record, &log), 0);
+    struct pool_slot *a, *b;
+    cr_assert_eq(pool_acquire(&p, 1, &a), POOL_GOT);
+    cr_assert_eq(a->fd, -1, "a fresh slot is unconnected: the caller connects on demand");
+    a->fd = 1000; /* pretend it connected */
+    pool_release(&p, a);
+    cr_assert_eq(pool_acquire(&p, 1, &b), POOL_GOT);
+    cr_assert_eq(b, a, "an idle connected slot must be reused before a new connection");
+    struct pool_stats st;
+    pool_stats_read(&p, &st);
+    cr_assert_eq(st.acquired_spare, 1);
+    cr_assert_eq(st.acquired_idle, 1);
+    b->fd = -1;
+    pool_release(&p, b);
+    pool_destroy(&p);
+}
+
+Test(pool, fifo_handoff_and_overload)
+{
+    struct handoff_log log = {0};
+    struct pool p;
+    cr_assert_eq(pool_init(&p, 1, 2, record, &log), 0);
+    struct pool_slot *s, *unused;
+    cr_assert_eq(pool_acquire(&p, 7, &s), POOL_GOT);
+    cr_assert_eq(pool_acquire(&p, 8, &unused), POOL_QUEUED);
+    cr_assert_eq(pool_acquire(&p, 9, &unused), POOL_QUEUED);
+    cr_assert_eq(pool_acquire(&p, 10, &unused), POOL_OVERLOADED, "queue bound max_queue=2");
+    cr_assert_eq(log.n, 0);
+    pool_release(&p, s);
+    cr_assert_eq(log.n, 1);
+    cr_assert_eq(log.tokens[0], 8, "oldest waiter first");
+    cr_assert_eq(log.slots[0], s);
+    pool_release(&p, log.slots[0]);
+    cr_assert_eq(log.n, 2);
+    cr_assert_eq(log.tokens[1], 9);
+    pool_release(&p, log.slots[1]);
+    cr_assert_eq(log.n, 2, "no waiter left: slot goes back to the pool");
+    struct pool_stats st;
+    pool_stats_read(&p, &st);
+    cr_assert_eq(st.overloaded, 1);
+    cr_assert_eq(st.handoffs, 2);
+    cr_assert_eq(st.waiting, 0);
+    cr_assert_eq(st.double_holds, 0);
+    pool_destroy(&p);
+}
+
+Test(pool, rejects_bad_arguments)
+{
+    struct pool p;
+    cr_assert_eq(pool_init(&p, 0, 1, record, NULL), -EINVAL);
+    cr_assert_eq(pool_init(&p, 1, 0, record, NULL), -EINVAL);
+    cr_assert_eq(pool_init(&p, 1, 1, NULL, NULL), -EINVAL);
+    pool_destroy(NULL);
+}
+
+static void expect_stress(int (*fn)(char *, size_t))
+{
+    char err[256] = "";
+    cr_assert_eq(fn(err, sizeof err), 0, "%s", err);
+}
+
+Test(pool_stress, one_slot_8_threads, .timeout = 120)
+{
+    expect_stress(stress_pool_one_slot);
+}
+
+Test(pool_stress, two_slots_8_threads, .timeout = 120)
+{
+    expect_stress(stress_pool_two_slots);
+}
+
+Test(pool_stress, pingpong_no_lost_wakeup, .timeout = 120)
+{
+    expect_stress(stress_pool_pingpong);
+}
