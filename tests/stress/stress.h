@@ -23,5 +23,6 @@ int stress_ring_mpmc_tiny(char *err, size_t errlen);
 int stress_pool_one_slot(char *err, size_t errlen);
 int stress_pool_two_slots(char *err, size_t errlen);
 int stress_pool_pingpong(char *err, size_t errlen);
+int stress_log_lines(char *err, size_t errlen);
 
 #endif

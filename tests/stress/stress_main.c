@@ -22,6 +22,7 @@ static const struct stress_entry cases[] = {
     {"pool_one_slot", stress_pool_one_slot},
     {"pool_two_slots", stress_pool_two_slots},
     {"pool_pingpong", stress_pool_pingpong},
+    {"log_lines", stress_log_lines},
 };
 
 int main(int argc, char **argv)
