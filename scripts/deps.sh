@@ -4,9 +4,9 @@
 # Usage: scripts/deps.sh [build|test]   (test adds what the test suites need)
 set -euo pipefail
 want=(build-essential cmake pkg-config liburing-dev libjemalloc-dev libjansson-dev
-      libxxhash-dev libck-dev libcriterion-dev python3)
+      libxxhash-dev libck-dev libcriterion-dev python3 socat)
 if [ "${1:-build}" = test ]; then
-  want+=(clang libclang-rt-14-dev valgrind socat)
+  want+=(clang libclang-rt-14-dev valgrind)
 fi
 missing=()
 for p in "${want[@]}"; do
