@@ -14,6 +14,7 @@
 #include "broker.h"
 #include "config.h"
 #include "log.h"
+#include "pending.h"
 
 #define BROKERD_VERSION "0.1.0"
 
@@ -39,6 +40,13 @@ static void usage(FILE *out)
             "\n"
             "Configuration keys:\n");
     config_print_help(out);
+}
+
+static void warn_pending(void *arg, const char *key)
+{
+    (void)arg;
+    log_write(LOG_LEVEL_WARN, "configuration key is accepted but not in effect in this version",
+              LOG_CSTR("key", key));
 }
 
 int main(int argc, char **argv)
@@ -84,6 +92,7 @@ int main(int argc, char **argv)
     }
     log_set_level(cfg.log.level);
     log_set_format(cfg.log.format);
+    pending_keys(&cfg, warn_pending, NULL);
 
     struct broker *b = NULL;
     int rc = broker_create(&b, &cfg, err, sizeof err); /* takes cfg over */

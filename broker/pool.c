@@ -19,7 +19,7 @@
 int pool_init(struct pool *p, uint32_t size, uint32_t max_queue, pool_handoff_fn handoff,
               void *handoff_arg)
 {
-    if (size == 0 || max_queue == 0 || !handoff)
+    if (size == 0 || !handoff)
         return -EINVAL;
     *p = (struct pool){.size = size, .max_queue = max_queue, .handoff = handoff,
                        .handoff_arg = handoff_arg};
@@ -31,7 +31,8 @@ int pool_init(struct pool *p, uint32_t size, uint32_t max_queue, pool_handoff_fn
         goto err;
     if ((rc = ring_mpmc_init(&p->spare, size)) < 0)
         goto err_idle;
-    if ((rc = ring_mpmc_init(&p->waiters, max_queue)) < 0)
+    /* max_queue 0: nobody ever waits (the ring still needs one cell). */
+    if ((rc = ring_mpmc_init(&p->waiters, max_queue ? max_queue : 1)) < 0)
         goto err_spare;
     for (uint32_t i = 0; i < size; i++) {
         p->slots[i].index = i;

@@ -77,7 +77,8 @@ struct pool {
 
 enum pool_result { POOL_GOT = 0, POOL_QUEUED = 1, POOL_OVERLOADED = 2 };
 
-/* size >= 1 slots (all unconnected), at most max_queue waiters (>= 1).
+/* size >= 1 slots (all unconnected), at most max_queue waiters (0: when all
+ * slots are held, acquire answers POOL_OVERLOADED at once).
  * Returns 0, -EINVAL or -ENOMEM. */
 int pool_init(struct pool *p, uint32_t size, uint32_t max_queue, pool_handoff_fn handoff,
               void *handoff_arg);

@@ -76,9 +76,23 @@ Test(pool, rejects_bad_arguments)
 {
     struct pool p;
     cr_assert_eq(pool_init(&p, 0, 1, record, NULL), -EINVAL);
-    cr_assert_eq(pool_init(&p, 1, 0, record, NULL), -EINVAL);
     cr_assert_eq(pool_init(&p, 1, 1, NULL, NULL), -EINVAL);
     pool_destroy(NULL);
+}
+
+Test(pool, max_queue_zero_never_queues)
+{
+    struct handoff_log log = {0};
+    struct pool p;
+    cr_assert_eq(pool_init(&p, 1, 0, record, &log), 0);
+    struct pool_slot *s, *t;
+    cr_assert_eq(pool_acquire(&p, 1, &s), POOL_GOT);
+    cr_assert_eq(pool_acquire(&p, 2, &t), POOL_OVERLOADED);
+    pool_release(&p, s);
+    cr_assert_eq(log.n, 0);
+    cr_assert_eq(pool_acquire(&p, 2, &t), POOL_GOT);
+    pool_release(&p, t);
+    pool_destroy(&p);
 }
 
 static void expect_stress(int (*fn)(char *, size_t))
