@@ -24,5 +24,9 @@ int stress_pool_one_slot(char *err, size_t errlen);
 int stress_pool_two_slots(char *err, size_t errlen);
 int stress_pool_pingpong(char *err, size_t errlen);
 int stress_log_lines(char *err, size_t errlen);
+int stress_cache_storm_sharded(char *err, size_t errlen);
+int stress_cache_storm_one_shard(char *err, size_t errlen);
+int stress_cache_storm_pressure(char *err, size_t errlen);
+int stress_cache_many_threads(char *err, size_t errlen);
 
 #endif
