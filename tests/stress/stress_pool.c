@@ -86,6 +86,8 @@ static void *hammer(void *p)
         if (!atomic_compare_exchange_strong(&ps->owner[s->index], &expect, a->id))
             atomic_fetch_add(&ps->violations, 1);
         s->requests++; /* plain write: TSan flags it if two threads hold s */
+        if (r % 4 == 0)
+            sched_yield(); /* hold across a reschedule: others must queue */
         if (r % 7 == 0)
             s->fd = s->fd < 0 ? 1000 + (int)s->index : -1; /* "connect"/"close" */
         atomic_store(&ps->owner[s->index], -1);
