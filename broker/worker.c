@@ -15,11 +15,13 @@
  * saw a timeout, a framing error, extra bytes or EOF (never reused: a late
  * reply would be read as the next request's answer).
  *
- * Deadlines: connect and idle-read timeouts are IORING_OP_LINK_TIMEOUTs on
- * the operation itself, so the idle timer restarts with every recv, i.e.
- * with every received chunk (BUG-009: a dripping backend is not cut off, a
- * silent one is). The overall request deadline lives in a per-worker binary
- * heap with one absolute IORING_OP_TIMEOUT armed for the earliest entry.
+ * Deadlines: each request sits in a per-worker binary heap keyed by the
+ * earlier of its overall deadline and, while its reply is being read, its
+ * idle deadline, which restarts with every recv, i.e. with every received
+ * chunk (BUG-009: a dripping backend is not cut off, a silent one is). One
+ * absolute IORING_OP_TIMEOUT is armed for the earliest key. Keeping the idle
+ * deadline there, not in a linked timeout per recv, saves an SQE, a CQE and
+ * a kernel timer arm/cancel per request. Connects carry a linked timeout.
  *
  * Back-pressure: a client is not read while it has max_inflight_per_client
  * requests open or more than max_client_output_bytes waiting to be sent, so
@@ -64,7 +66,9 @@ struct req {
     struct bconn *bc;
     struct proto_buf breq; /* backend request bytes */
     size_t sent;
-    uint64_t deadline_ns;
+    uint64_t deadline_ns; /* overall request deadline */
+    uint64_t idle_ns;     /* backend idle deadline while reading, else UINT64_MAX */
+    uint64_t key_ns;      /* heap key: min(deadline_ns, idle_ns) */
     uint32_t timeout_ms;
     uint32_t heap_idx; /* position in the deadline heap, UINT32_MAX if none */
     uint8_t id_len;
@@ -226,7 +230,7 @@ static void heap_up(struct worker *w, uint32_t i)
 {
     while (i > 0) {
         uint32_t p = (i - 1) / 2;
-        if (w->heap[p]->deadline_ns <= w->heap[i]->deadline_ns)
+        if (w->heap[p]->key_ns <= w->heap[i]->key_ns)
             break;
         heap_swap(w, i, p);
         i = p;
@@ -237,9 +241,9 @@ static void heap_down(struct worker *w, uint32_t i)
 {
     for (;;) {
         uint32_t l = 2 * i + 1, r = l + 1, m = i;
-        if (l < w->heap_len && w->heap[l]->deadline_ns < w->heap[m]->deadline_ns)
+        if (l < w->heap_len && w->heap[l]->key_ns < w->heap[m]->key_ns)
             m = l;
-        if (r < w->heap_len && w->heap[r]->deadline_ns < w->heap[m]->deadline_ns)
+        if (r < w->heap_len && w->heap[r]->key_ns < w->heap[m]->key_ns)
             m = r;
         if (m == i)
             return;
@@ -279,6 +283,17 @@ static void heap_remove(struct worker *w, struct req *r)
     heap_down(w, w->heap[i]->heap_idx);
 }
 
+/* The request's deadlines changed: restore the heap order. */
+static void heap_rekey(struct worker *w, struct req *r)
+{
+    uint64_t key = r->idle_ns < r->deadline_ns ? r->idle_ns : r->deadline_ns;
+    if (key == r->key_ns || r->heap_idx == UINT32_MAX)
+        return;
+    r->key_ns = key;
+    heap_up(w, r->heap_idx);
+    heap_down(w, r->heap_idx);
+}
+
 static void ns_to_ts(uint64_t ns, struct __kernel_timespec *ts)
 {
     ts->tv_sec = (long long)(ns / 1000000000u);
@@ -289,7 +304,7 @@ static void ns_to_ts(uint64_t ns, struct __kernel_timespec *ts)
  * (the heap top, or the shutdown grace deadline). */
 static void timer_sync(struct worker *w)
 {
-    uint64_t want = w->heap_len ? w->heap[0]->deadline_ns : 0;
+    uint64_t want = w->heap_len ? w->heap[0]->key_ns : 0;
     if (w->draining && !w->grace_expired && (!want || w->grace_deadline_ns < want))
         want = w->grace_deadline_ns;
     if (!want || (w->timer_armed_ns && w->timer_armed_ns <= want))
@@ -503,13 +518,16 @@ static void bconn_arm_recv(struct worker *w, struct bconn *bc)
     struct io_uring_sqe *sqe = get_sqe(w);
     io_uring_prep_recv(sqe, bc->slot->fd, bc->in.data + bc->in.len, bc->in.cap - bc->in.len, 0);
     io_uring_sqe_set_data64(sqe, bop_ud(bc, BOP_RECV));
-    sqe->flags |= IOSQE_IO_LINK;
-    /* Restarted with every recv, i.e. with every received chunk (BUG-009). */
-    ns_to_ts((uint64_t)bc->be->cfg->idle_timeout_ms * 1000000u, &bc->ts_link);
-    sqe = get_sqe(w);
-    io_uring_prep_link_timeout(sqe, &bc->ts_link, 0);
-    io_uring_sqe_set_data64(sqe, UD_IGNORE);
+    /* The reply cannot be there yet (the request goes out in the same
+     * submission): arm the poll at once instead of a doomed first try. */
+    sqe->ioprio |= IORING_RECVSEND_POLL_FIRST;
     bc->ops++;
+    /* The idle deadline restarts with every recv, i.e. with every received
+     * chunk (BUG-009). It lives in the worker's deadline heap rather than in
+     * a linked timeout: no extra SQE, CQE and kernel timer per request. */
+    struct req *r = bc->req;
+    r->idle_ns = now_ns() + (uint64_t)bc->be->cfg->idle_timeout_ms * 1000000u;
+    heap_rekey(w, r);
 }
 
 static void bconn_arm_send(struct worker *w, struct bconn *bc)
@@ -621,12 +639,6 @@ static void on_backend_recv(struct worker *w, struct bconn *bc, int res)
         /* The request was answered already (deadline, shutdown): anything
          * arriving now would be taken for the next request's answer. */
         bc->doomed = true;
-        return;
-    }
-    if (res == -ECANCELED) {
-        bconn_doom(bc);
-        req_fail(w, r, PROTO_TIMEOUT, "backend %s sent nothing for %lld ms", cfg->name,
-                 (long long)cfg->idle_timeout_ms);
         return;
     }
     if (res <= 0) {
@@ -851,6 +863,8 @@ static void handle_line(struct worker *w, struct client *c, const char *line, si
         t = bcfg->max_request_timeout_ms;
     r->timeout_ms = (uint32_t)t;
     r->deadline_ns = now_ns() + (uint64_t)t * 1000000u;
+    r->idle_ns = UINT64_MAX;
+    r->key_ns = r->deadline_ns;
     if (rc == 0)
         rc = heap_push(w, r);
     if (rc < 0) {
@@ -1063,9 +1077,12 @@ static void on_timer(struct worker *w)
 {
     w->timer_armed_ns = 0;
     uint64_t now = now_ns();
-    while (w->heap_len && w->heap[0]->deadline_ns <= now) {
+    while (w->heap_len && w->heap[0]->key_ns <= now) {
         struct req *r = w->heap[0];
-        if (r->state == REQ_QUEUED)
+        if (r->deadline_ns > now)
+            req_fail(w, r, PROTO_TIMEOUT, "backend %s sent nothing for %lld ms", r->be->cfg->name,
+                     (long long)r->be->cfg->idle_timeout_ms);
+        else if (r->state == REQ_QUEUED)
             req_fail(w, r, PROTO_TIMEOUT,
                      "no connection to backend %s became free within %u ms", r->be->cfg->name,
                      r->timeout_ms);

@@ -240,6 +240,31 @@ def faults_map_to_codes(env):
 
 
 @case
+def ndjson_backend_and_timeout_cap(env):
+    """framing "ndjson": requests end with a newline and replies are framed by
+    theirs (mockd in ndjson mode answers nothing for an unterminated one);
+    a client's timeout_ms is capped by max_request_timeout_ms."""
+    path = os.path.join(env.tmp, "n.sock")
+    env.mockd(path, "--framing", "ndjson")
+    cap_ms = int(400 * bt.SLOW)
+    b = env.broker(bt.broker_config(env, backends=[bt.backend(
+        env, address="unix:" + path, framing="ndjson", pool_size=1,
+        request_timeout_ms=cap_ms, max_request_timeout_ms=cap_ms)]))
+    with b.connect(timeout=t(10)) as c:
+        conns = set()
+        for i in range(20):  # many on one connection: each reply framed exactly
+            conns.add(check_echo(c.call(i, "echo", {"i": i, "s": "{\"}"}), {"i": i, "s": "{\"}"})["conn"])
+        assert len(conns) == 1, "ndjson connection not reused: %r" % conns
+        t0 = time.monotonic()
+        r = c.call(99, "fault_hang", {}, timeout=t(10), timeout_ms=600000)
+        dt = time.monotonic() - t0
+        msg = assert_code(r, "timeout", "timeout_ms above the cap")
+        assert "%d ms" % cap_ms in msg, msg
+        assert cap_ms / 1000.0 - 0.05 <= dt < cap_ms / 1000.0 + t(2), \
+            "timeout after %.2f s, cap %d ms" % (dt, cap_ms)
+
+
+@case
 def idle_timeout_resets_on_chunks(env):
     env.mockd()
     b = env.broker(bt.broker_config(env, backends=[bt.backend(
