@@ -380,15 +380,24 @@ static void client_emit_errorf(struct worker *w, struct client *c, const struct 
                                enum proto_code code, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
 
+/* Our own messages (trusted formats); cut to the protocol's message size. */
+static size_t format_msg(char *msg, size_t cap, const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
+
+static size_t format_msg(char *msg, size_t cap, const char *fmt, va_list ap)
+{
+    int n = vsnprintf(msg, cap, fmt, ap);
+    return n < 0 ? 0 : (size_t)n >= cap ? cap - 1 : (size_t)n;
+}
+
 static void client_emit_errorf(struct worker *w, struct client *c, const struct proto_span *id,
                                enum proto_code code, const char *fmt, ...)
 {
     char msg[PROTO_MESSAGE_MAX];
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(msg, sizeof msg, fmt, ap);
+    size_t len = format_msg(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    size_t len = n < 0 ? 0 : (size_t)n >= sizeof msg ? sizeof msg - 1 : (size_t)n;
     client_emit_error(w, c, id, code, msg, len, 0);
 }
 
@@ -497,9 +506,8 @@ static void req_fail(struct worker *w, struct req *r, enum proto_code code, cons
     char msg[PROTO_MESSAGE_MAX];
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(msg, sizeof msg, fmt, ap);
+    size_t len = format_msg(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    size_t len = n < 0 ? 0 : (size_t)n >= sizeof msg ? sizeof msg - 1 : (size_t)n;
     struct proto_span id = req_id(r);
     client_emit_error(w, r->c, &id, code, msg, len, 0);
     if (code == PROTO_TIMEOUT)
