@@ -934,10 +934,8 @@ static void client_arm_recv(struct worker *w, struct client *c)
         /* Room for one byte past the limit, so an over-long line shows. */
         size_t limit = (size_t)w->b->cfg.max_request_bytes + 1;
         size_t cap = c->in_cap * 2 > limit ? limit : c->in_cap * 2;
-        if (cap <= c->in_cap) {
-            cap = c->in_cap; /* full of complete-but-paused lines: wait */
-            return;
-        }
+        if (cap <= c->in_cap)
+            return; /* full of complete lines we may not take yet: wait */
         char *in = realloc(c->in, cap);
         if (!in) {
             c->dead = true;
@@ -981,7 +979,9 @@ static bool client_check_close(struct worker *w, struct client *c)
         if (c->ops)
             shutdown(c->fd, SHUT_RDWR);
     }
-    if (c->closing && c->ops == 0 && c->inflight == 0) {
+    /* Not while it sits on the dirty list (re-queued while being handled):
+     * it is freed when that entry comes up, never from under the list. */
+    if (c->closing && c->ops == 0 && c->inflight == 0 && !c->dirty) {
         client_free(w, c);
         return true;
     }
