@@ -65,6 +65,8 @@
 #include <unistd.h>
 #include <fcntl.h>
 
+#include "pjson.h"
+
 #define LG_SCRATCH       ((size_t)256 << 10)
 #define LG_MAX_MESSAGE   ((size_t)512 << 20)
 #define LG_EVENTS        256
@@ -106,16 +108,6 @@ struct lg_codes {
     uint64_t other; /* codes beyond the table */
 };
 
-struct lg_scan {
-    size_t pos;
-    unsigned depth;
-    bool started, in_str, esc;
-};
-
-struct lg_span {
-    const char *p;
-    size_t n;
-};
 
 /* One request in flight: its send time and how many times the slot was used. */
 struct lg_slot {
@@ -136,7 +128,7 @@ struct lg_conn {
     unsigned nfree, outstanding;
     char *pend; /* incomplete answer carried over to the next read */
     size_t pend_len, pend_cap;
-    struct lg_scan scan;
+    struct pjson_scan scan;
     char *out;
     size_t out_len, out_off, out_cap;
 };
@@ -201,20 +193,6 @@ __attribute__((format(printf, 2, 3))) static void lg_log(struct lg_run *run, con
     va_end(ap);
 }
 
-static bool lg_is_ws(char ch)
-{
-    return ch == ' ' || ch == '\t' || ch == '\r' || ch == '\n';
-}
-
-static bool lg_has_data(const char *p, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (!lg_is_ws(p[i]))
-            return true;
-    return false;
-}
-
-/* Decimal digits of v into buf (at least 20 bytes); returns their count. */
 static size_t lg_u64_digits(char *buf, uint64_t v)
 {
     char tmp[20];
@@ -316,160 +294,13 @@ static void lg_codes_add(struct lg_codes *t, const char *name, size_t len, uint6
 
 /* ---------------------------------------------------------------- JSON */
 
-/* Index of the first '"' or '\\' in s[i, n), or n. Long strings (huge
- * answers, big params) are most of the bytes, so they are crossed with memchr;
- * *qcache keeps the next quote's index (SIZE_MAX: unknown) so a string full of
- * escapes is still crossed in linear time. */
-static size_t lg_str_special(const char *s, size_t n, size_t i, size_t *qcache)
-{
-    if (*qcache == SIZE_MAX || *qcache < i) {
-        const char *q = memchr(s + i, '"', n - i);
-        *qcache = q ? (size_t)(q - s) : n;
-    }
-    const char *b = memchr(s + i, '\\', *qcache - i);
-    return b ? (size_t)(b - s) : *qcache;
-}
-
-/* Completeness scan of buf[s->pos, len): one past the end of the first
- * complete object or array, 0 if incomplete, -EPROTO if it cannot be one. */
-static ssize_t lg_scan_json(struct lg_scan *s, const char *buf, size_t len)
-{
-    size_t qcache = SIZE_MAX;
-    for (size_t i = s->pos; i < len; i++) {
-        char ch = buf[i];
-        if (s->in_str) {
-            if (s->esc) {
-                s->esc = false;
-                continue;
-            }
-            i = lg_str_special(buf, len, i, &qcache);
-            if (i == len)
-                break;
-            if (buf[i] == '\\')
-                s->esc = true;
-            else
-                s->in_str = false;
-            continue;
-        }
-        if (!s->started) {
-            if (lg_is_ws(ch))
-                continue;
-            if (ch != '{' && ch != '[')
-                return -EPROTO;
-            s->started = true;
-            s->depth = 1;
-            continue;
-        }
-        if (ch == '"') {
-            s->in_str = true;
-        } else if (ch == '{' || ch == '[') {
-            s->depth++;
-        } else if ((ch == '}' || ch == ']') && --s->depth == 0) {
-            s->pos = i + 1;
-            return (ssize_t)(i + 1);
-        }
-    }
-    s->pos = len;
-    return 0;
-}
-
-static size_t lg_json_ws(const char *s, size_t n, size_t i)
-{
-    while (i < n && lg_is_ws(s[i]))
-        i++;
-    return i;
-}
-
-static size_t lg_json_skip_str(const char *s, size_t n, size_t i)
-{
-    size_t qcache = SIZE_MAX;
-    for (i++; i < n;) {
-        i = lg_str_special(s, n, i, &qcache);
-        if (i == n)
-            return 0;
-        if (s[i] == '"')
-            return i + 1;
-        i += 2; /* a backslash and the byte it escapes, whatever it is */
-    }
-    return 0;
-}
-
-static size_t lg_json_skip_value(const char *s, size_t n, size_t i)
-{
-    if (i >= n)
-        return 0;
-    if (s[i] == '"')
-        return lg_json_skip_str(s, n, i);
-    if (s[i] == '{' || s[i] == '[') {
-        unsigned depth = 0;
-        while (i < n) {
-            char ch = s[i];
-            if (ch == '"') {
-                i = lg_json_skip_str(s, n, i);
-                if (i == 0)
-                    return 0;
-                continue;
-            }
-            if (ch == '{' || ch == '[')
-                depth++;
-            else if ((ch == '}' || ch == ']') && --depth == 0)
-                return i + 1;
-            i++;
-        }
-        return 0;
-    }
-    size_t j = i;
-    while (j < n && !lg_is_ws(s[j]) && s[j] != ',' && s[j] != '}' && s[j] != ']')
-        j++;
-    return j > i ? j : 0;
-}
-
-/* One pass over the top-level members of an object; records the raw value
- * spans of `keys`. False if s is not a well-formed object at its top level. */
-static bool lg_json_members(const char *s, size_t n, const char *const *keys, struct lg_span *vals,
-                            size_t nkeys)
-{
-    for (size_t k = 0; k < nkeys; k++)
-        vals[k] = (struct lg_span){NULL, 0};
-    size_t i = lg_json_ws(s, n, 0);
-    if (i >= n || s[i] != '{')
-        return false;
-    i = lg_json_ws(s, n, i + 1);
-    if (i < n && s[i] == '}')
-        return true;
-    for (;;) {
-        if (i >= n || s[i] != '"')
-            return false;
-        size_t kend = lg_json_skip_str(s, n, i);
-        if (kend == 0)
-            return false;
-        size_t colon = lg_json_ws(s, n, kend);
-        if (colon >= n || s[colon] != ':')
-            return false;
-        size_t v = lg_json_ws(s, n, colon + 1);
-        size_t vend = lg_json_skip_value(s, n, v);
-        if (vend == 0)
-            return false;
-        size_t klen = kend - i - 2;
-        for (size_t k = 0; k < nkeys; k++)
-            if (!vals[k].p && strlen(keys[k]) == klen && memcmp(s + i + 1, keys[k], klen) == 0)
-                vals[k] = (struct lg_span){s + v, vend - v};
-        i = lg_json_ws(s, n, vend);
-        if (i < n && s[i] == ',') {
-            i = lg_json_ws(s, n, i + 1);
-            continue;
-        }
-        return i < n && s[i] == '}';
-    }
-}
-
-static bool lg_span_str_eq(struct lg_span v, const char *lit)
+static bool lg_span_str_eq(struct pjson_span v, const char *lit)
 {
     size_t n = strlen(lit);
     return v.p && v.n == n + 2 && v.p[0] == '"' && memcmp(v.p + 1, lit, n) == 0;
 }
 
-static bool lg_span_u64(struct lg_span v, uint64_t *out)
+static bool lg_span_u64(struct pjson_span v, uint64_t *out)
 {
     uint64_t x = 0;
     if (!v.p || v.n == 0 || v.n > 19)
@@ -631,10 +462,10 @@ static void lg_on_broker(struct lg_conn *c, const char *m, size_t n, uint64_t no
     static const char *const keys[3] = {"id", "status", "error"};
     static const char *const code_key[1] = {"code"};
     struct lg_run *run = c->t->run;
-    struct lg_span f[3], code = {NULL, 0};
+    struct pjson_span f[3], code = {NULL, 0};
     uint64_t id;
 
-    if (!lg_json_members(m, n, keys, f, 3) || !lg_span_u64(f[0], &id)) {
+    if (!pjson_json_members(m, n, keys, f, 3) || !lg_span_u64(f[0], &id)) {
         lg_unknown(c, "answer without an id this client sent", m, n);
         return;
     }
@@ -664,7 +495,7 @@ static void lg_on_broker(struct lg_conn *c, const char *m, size_t n, uint64_t no
         lg_complete(c, s, now, "no_status", 9);
         return;
     }
-    if (f[2].p && lg_json_members(f[2].p, f[2].n, code_key, &code, 1) && code.p && code.n >= 2 &&
+    if (f[2].p && pjson_json_members(f[2].p, f[2].n, code_key, &code, 1) && code.p && code.n >= 2 &&
         code.p[0] == '"')
         lg_complete(c, s, now, code.p + 1, code.n - 2);
     else
@@ -674,13 +505,13 @@ static void lg_on_broker(struct lg_conn *c, const char *m, size_t n, uint64_t no
 static void lg_on_direct(struct lg_conn *c, const char *m, size_t n, uint64_t now)
 {
     static const char *const keys[1] = {"status"};
-    struct lg_span st;
+    struct pjson_span st;
     if (!c->slots[0].busy) {
         /* Nothing was asked: the add-on's next answer would be misattributed. */
         lg_unknown(c, "bytes received with no request in flight", m, n);
         return;
     }
-    bool parsed = lg_json_members(m, n, keys, &st, 1);
+    bool parsed = pjson_json_members(m, n, keys, &st, 1);
     if (parsed && lg_span_str_eq(st, "success"))
         lg_complete(c, 0, now, NULL, 0);
     else if (parsed && lg_span_str_eq(st, "error"))
@@ -701,7 +532,7 @@ static int lg_frame(struct lg_conn *c, const char *buf, size_t n, size_t *end)
         *end = (size_t)(nl - buf) + 1;
         return 1;
     }
-    ssize_t r = lg_scan_json(&c->scan, buf, n);
+    ssize_t r = pjson_scan(&c->scan, buf, n);
     if (r <= 0)
         return (int)r;
     *end = (size_t)r;
@@ -728,9 +559,9 @@ static size_t lg_consume(struct lg_conn *c, const char *buf, size_t n, uint64_t 
             return n;
         }
         const char *m = buf + cur;
-        c->scan = (struct lg_scan){0};
+        c->scan = (struct pjson_scan){0};
         cur += end;
-        if (!lg_has_data(m, end))
+        if (!pjson_has_data(m, end))
             continue;
         if (c->t->run->o.mode == LG_MODE_BROKER)
             lg_on_broker(c, m, end, now);
@@ -1061,10 +892,10 @@ static int lg_parse_value(struct lg_opts *o, const char *a, const char *v)
 /* params must frame as one object or array and fit on one NDJSON line. */
 static bool lg_params_ok(const char *p)
 {
-    struct lg_scan s = {0};
+    struct pjson_scan s = {0};
     size_t n = strlen(p);
-    ssize_t end = lg_scan_json(&s, p, n);
-    return end > 0 && !lg_has_data(p + end, n - (size_t)end) && !memchr(p, '\n', n) &&
+    ssize_t end = pjson_scan(&s, p, n);
+    return end > 0 && !pjson_has_data(p + end, n - (size_t)end) && !memchr(p, '\n', n) &&
            !memchr(p, '\r', n);
 }
 

@@ -69,6 +69,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "pjson.h"
+
 #define MOCK_MAX_REQUEST  ((size_t)64 << 20)
 #define MOCK_READ_MIN     ((size_t)4096)
 #define MOCK_KEEP_BUF     ((size_t)64 << 10) /* larger buffers are freed when idle */
@@ -128,12 +130,6 @@ enum mock_state {
     MOCK_HUNG,    /* never answers again (hang, garbage); input is discarded */
 };
 
-/* Completeness scanner state, kept across reads. */
-struct mock_scan {
-    size_t pos; /* bytes of the buffer already scanned */
-    unsigned depth;
-    bool started, in_str, esc;
-};
 
 struct mock_server;
 struct mock_worker;
@@ -145,7 +141,7 @@ struct mock_conn {
     uint64_t serial, seq;
     char *in;
     size_t in_len, in_cap;
-    struct mock_scan scan;
+    struct pjson_scan scan;
     char *out;
     size_t out_len, out_off, out_cap;
     enum mock_state state;
@@ -195,10 +191,6 @@ struct mock_server {
     _Atomic bool failed;
 };
 
-struct mock_span {
-    const char *p;
-    size_t n;
-};
 
 struct mock_totals {
     uint64_t conns_total, conns_open, conns_peak, requests, overlaps, bytes_in, bytes_out;
@@ -243,20 +235,6 @@ __attribute__((format(printf, 2, 3))) static void mock_log(struct mock_server *s
     va_end(ap);
 }
 
-static bool mock_is_ws(char ch)
-{
-    return ch == ' ' || ch == '\t' || ch == '\r' || ch == '\n';
-}
-
-/* Whether a byte range holds anything but whitespace, i.e. part of a request. */
-static bool mock_has_data(const char *p, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (!mock_is_ws(p[i]))
-            return true;
-    return false;
-}
-
 static bool mock_parse_u64(const char *s, uint64_t max, uint64_t *out)
 {
     char *end;
@@ -272,194 +250,39 @@ static bool mock_parse_u64(const char *s, uint64_t max, uint64_t *out)
 
 /* ------------------------------------------------------------ JSON scanning */
 
-/* Index of the first '"' or '\\' in s[i, n), or n. Long strings (huge
- * answers, big params) are most of the bytes, so they are crossed with memchr;
- * *qcache keeps the next quote's index (SIZE_MAX: unknown) so a string full of
- * escapes is still crossed in linear time. */
-static size_t mock_str_special(const char *s, size_t n, size_t i, size_t *qcache)
-{
-    if (*qcache == SIZE_MAX || *qcache < i) {
-        const char *q = memchr(s + i, '"', n - i);
-        *qcache = q ? (size_t)(q - s) : n;
-    }
-    const char *b = memchr(s + i, '\\', *qcache - i);
-    return b ? (size_t)(b - s) : *qcache;
-}
-
-/* Advance the completeness scan over buf[s->pos, len). Returns one past the
- * last byte of the first complete top-level value, 0 if more bytes are needed,
- * or -EPROTO if the bytes cannot start a JSON object or array (framing is lost
- * for good then: there is no delimiter to resynchronise on). */
-static ssize_t mock_scan_json(struct mock_scan *s, const char *buf, size_t len)
-{
-    size_t qcache = SIZE_MAX;
-    for (size_t i = s->pos; i < len; i++) {
-        char ch = buf[i];
-        if (s->in_str) {
-            if (s->esc) {
-                s->esc = false;
-                continue;
-            }
-            i = mock_str_special(buf, len, i, &qcache);
-            if (i == len)
-                break;
-            if (buf[i] == '\\')
-                s->esc = true;
-            else
-                s->in_str = false;
-            continue;
-        }
-        if (!s->started) {
-            if (mock_is_ws(ch))
-                continue;
-            if (ch != '{' && ch != '[')
-                return -EPROTO;
-            s->started = true;
-            s->depth = 1;
-            continue;
-        }
-        if (ch == '"') {
-            s->in_str = true;
-        } else if (ch == '{' || ch == '[') {
-            s->depth++;
-        } else if (ch == '}' || ch == ']') {
-            if (--s->depth == 0) {
-                s->pos = i + 1;
-                return (ssize_t)(i + 1);
-            }
-        }
-    }
-    s->pos = len;
-    return 0;
-}
-
-static size_t mock_json_ws(const char *s, size_t n, size_t i)
-{
-    while (i < n && mock_is_ws(s[i]))
-        i++;
-    return i;
-}
-
-/* One past the string starting at s[i] == '"', or 0 if it is unterminated. */
-static size_t mock_json_skip_str(const char *s, size_t n, size_t i)
-{
-    size_t qcache = SIZE_MAX;
-    for (i++; i < n;) {
-        i = mock_str_special(s, n, i, &qcache);
-        if (i == n)
-            return 0;
-        if (s[i] == '"')
-            return i + 1;
-        i += 2; /* a backslash and the byte it escapes, whatever it is */
-    }
-    return 0;
-}
-
-/* One past the value starting at s[i], or 0 if malformed or truncated. Only
- * structure is checked: this frames values, it does not validate them. */
-static size_t mock_json_skip_value(const char *s, size_t n, size_t i)
-{
-    if (i >= n)
-        return 0;
-    if (s[i] == '"')
-        return mock_json_skip_str(s, n, i);
-    if (s[i] == '{' || s[i] == '[') {
-        unsigned depth = 0;
-        while (i < n) {
-            char ch = s[i];
-            if (ch == '"') {
-                i = mock_json_skip_str(s, n, i);
-                if (i == 0)
-                    return 0;
-                continue;
-            }
-            if (ch == '{' || ch == '[')
-                depth++;
-            else if ((ch == '}' || ch == ']') && --depth == 0)
-                return i + 1;
-            i++;
-        }
-        return 0;
-    }
-    size_t j = i;
-    while (j < n && !mock_is_ws(s[j]) && s[j] != ',' && s[j] != '}' && s[j] != ']')
-        j++;
-    return j > i ? j : 0;
-}
-
-/* Walk the members of the object in s[0, n) once and record the value spans
- * of `keys` (raw bytes, quotes included for strings; {NULL, 0} if absent).
- * Keys are compared byte for byte, escapes are not decoded. */
-static bool mock_json_members(const char *s, size_t n, const char *const *keys,
-                              struct mock_span *vals, size_t nkeys)
-{
-    for (size_t k = 0; k < nkeys; k++)
-        vals[k] = (struct mock_span){NULL, 0};
-    size_t i = mock_json_ws(s, n, 0);
-    if (i >= n || s[i] != '{')
-        return false;
-    i = mock_json_ws(s, n, i + 1);
-    if (i < n && s[i] == '}')
-        return true;
-    for (;;) {
-        if (i >= n || s[i] != '"')
-            return false;
-        size_t kend = mock_json_skip_str(s, n, i);
-        if (kend == 0)
-            return false;
-        size_t colon = mock_json_ws(s, n, kend);
-        if (colon >= n || s[colon] != ':')
-            return false;
-        size_t v = mock_json_ws(s, n, colon + 1);
-        size_t vend = mock_json_skip_value(s, n, v);
-        if (vend == 0)
-            return false;
-        size_t klen = kend - i - 2;
-        for (size_t k = 0; k < nkeys; k++)
-            if (!vals[k].p && strlen(keys[k]) == klen && memcmp(s + i + 1, keys[k], klen) == 0)
-                vals[k] = (struct mock_span){s + v, vend - v};
-        i = mock_json_ws(s, n, vend);
-        if (i < n && s[i] == ',') {
-            i = mock_json_ws(s, n, i + 1);
-            continue;
-        }
-        return i < n && s[i] == '}';
-    }
-}
-
-static bool mock_span_is_str(struct mock_span v)
+static bool mock_span_is_str(struct pjson_span v)
 {
     return v.p && v.n >= 2 && v.p[0] == '"';
 }
 
 /* The contents of a string span, without its quotes. */
-static struct mock_span mock_span_inner(struct mock_span v)
+static struct pjson_span mock_span_inner(struct pjson_span v)
 {
-    return (struct mock_span){v.p + 1, v.n - 2};
+    return (struct pjson_span){v.p + 1, v.n - 2};
 }
 
-static bool mock_span_eq(struct mock_span v, const char *lit)
+static bool mock_span_eq(struct pjson_span v, const char *lit)
 {
     size_t n = strlen(lit);
     return v.n == n && memcmp(v.p, lit, n) == 0;
 }
 
 /* A member of the params object, or {NULL, 0}. */
-static struct mock_span mock_param(struct mock_span params, const char *key)
+static struct pjson_span mock_param(struct pjson_span params, const char *key)
 {
     const char *keys[1] = {key};
-    struct mock_span v = {NULL, 0};
-    if (params.p && !mock_json_members(params.p, params.n, keys, &v, 1))
-        v = (struct mock_span){NULL, 0};
+    struct pjson_span v = {NULL, 0};
+    if (params.p && !pjson_json_members(params.p, params.n, keys, &v, 1))
+        v = (struct pjson_span){NULL, 0};
     return v;
 }
 
 /* A non-negative number member of params (fraction dropped), clamped to max;
  * `dflt` when absent or not a number. */
-static uint64_t mock_param_u64(struct mock_span params, const char *key, uint64_t dflt,
+static uint64_t mock_param_u64(struct pjson_span params, const char *key, uint64_t dflt,
                                uint64_t max)
 {
-    struct mock_span v = mock_param(params, key);
+    struct pjson_span v = mock_param(params, key);
     char tmp[32];
     if (!v.p || v.n >= sizeof(tmp) || v.p[0] < '0' || v.p[0] > '9')
         return dflt;
@@ -703,7 +526,7 @@ static bool mock_out_str(struct mock_conn *c, const char *s)
     return mock_out_put(c, s, strlen(s));
 }
 
-static bool mock_out_span(struct mock_conn *c, struct mock_span v)
+static bool mock_out_span(struct mock_conn *c, struct pjson_span v)
 {
     return mock_out_put(c, v.p, v.n);
 }
@@ -747,12 +570,12 @@ static bool mock_build_error(struct mock_conn *c, const char *msg)
            mock_out_str(c, "\"}");
 }
 
-static bool mock_build_object(struct mock_conn *c, struct mock_span params)
+static bool mock_build_object(struct mock_conn *c, struct pjson_span params)
 {
-    struct mock_span name = mock_param(params, "name");
+    struct pjson_span name = mock_param(params, "name");
     if (!mock_span_is_str(name))
         return mock_build_error(c, "Object not found: None");
-    struct mock_span inner = mock_span_inner(name);
+    struct pjson_span inner = mock_span_inner(name);
     for (size_t i = 0; i < sizeof(mock_objects) / sizeof(mock_objects[0]); i++)
         if (mock_span_eq(inner, mock_objects[i].name))
             return mock_out_str(c, MOCK_OK) && mock_out_str(c, mock_objects[i].json) &&
@@ -772,7 +595,7 @@ static bool mock_build_stats(struct mock_conn *c)
 }
 
 /* The answer a healthy add-on would give to this type. */
-static bool mock_build_normal(struct mock_conn *c, struct mock_span type, struct mock_span params)
+static bool mock_build_normal(struct mock_conn *c, struct pjson_span type, struct pjson_span params)
 {
     if (mock_span_eq(type, "get_scene_info"))
         return mock_out_put(c, mock_scene, sizeof(mock_scene) - 1);
@@ -793,7 +616,7 @@ static bool mock_build_normal(struct mock_conn *c, struct mock_span type, struct
            mock_out_str(c, "\",\"executed\":true}}");
 }
 
-static bool mock_build_huge(struct mock_conn *c, struct mock_span params)
+static bool mock_build_huge(struct mock_conn *c, struct pjson_span params)
 {
     static const char pattern[] = "abcdefghijklmnopqrstuvwxyz0123456789";
     uint64_t n = mock_param_u64(params, "bytes", MOCK_HUGE_DEFAULT, MOCK_HUGE_MAX);
@@ -812,9 +635,9 @@ static bool mock_build_huge(struct mock_conn *c, struct mock_span params)
     return mock_out_str(c, "\"}");
 }
 
-static bool mock_build_fault_error(struct mock_conn *c, struct mock_span params)
+static bool mock_build_fault_error(struct mock_conn *c, struct pjson_span params)
 {
-    struct mock_span msg = mock_param(params, "message");
+    struct pjson_span msg = mock_param(params, "message");
     if (!mock_span_is_str(msg))
         return mock_build_error(c, "mock error");
     /* A string token is copied verbatim, already valid JSON. */
@@ -876,12 +699,12 @@ static void mock_drip(struct mock_conn *c)
     mock_timer_add(c, mock_now_ns() + c->drip_ns);
 }
 
-static enum mock_fault mock_fault_of(struct mock_server *srv, struct mock_span type, bool *unknown)
+static enum mock_fault mock_fault_of(struct mock_server *srv, struct pjson_span type, bool *unknown)
 {
     static const char prefix[] = "fault_";
     *unknown = false;
     if (type.n > sizeof(prefix) - 1 && memcmp(type.p, prefix, sizeof(prefix) - 1) == 0) {
-        struct mock_span mode = {type.p + sizeof(prefix) - 1, type.n - (sizeof(prefix) - 1)};
+        struct pjson_span mode = {type.p + sizeof(prefix) - 1, type.n - (sizeof(prefix) - 1)};
         for (int f = 1; f < MOCK_FAULT_COUNT; f++)
             if (mock_span_eq(mode, mock_fault_names[f]))
                 return (enum mock_fault)f;
@@ -899,20 +722,20 @@ static void mock_request(struct mock_conn *c, const char *req, size_t len)
 {
     static const char *const keys[2] = {"type", "params"};
     struct mock_server *srv = c->w->srv;
-    struct mock_span f[2];
+    struct pjson_span f[2];
     uint64_t delay = srv->opts.delay_ns;
     bool unknown, ok;
 
     c->seq++;
     mock_count(&c->w->requests, 1);
-    if (!mock_json_members(req, len, keys, f, 2) || !mock_span_is_str(f[0])) {
+    if (!pjson_json_members(req, len, keys, f, 2) || !mock_span_is_str(f[0])) {
         mock_answer(c,
                     mock_build_error(c, "mockd: a request is a JSON object with a "
                                         "\\\"type\\\" string"),
                     0);
         return;
     }
-    struct mock_span type = mock_span_inner(f[0]), params = f[1];
+    struct pjson_span type = mock_span_inner(f[0]), params = f[1];
     enum mock_fault fault = mock_fault_of(srv, type, &unknown);
     if (unknown) {
         mock_answer(c, mock_build_error(c, "mockd: unknown fault mode"), 0);
@@ -993,7 +816,7 @@ static void mock_in_consume(struct mock_conn *c, size_t n)
 {
     memmove(c->in, c->in + n, c->in_len - n);
     c->in_len -= n;
-    c->scan = (struct mock_scan){0};
+    c->scan = (struct pjson_scan){0};
     if (c->in_len == 0 && c->in_cap > MOCK_KEEP_BUF) {
         free(c->in);
         c->in = NULL;
@@ -1013,7 +836,7 @@ static int mock_frame(struct mock_conn *c, size_t *end)
         *end = (size_t)(nl - c->in) + 1;
         return 1;
     }
-    ssize_t r = mock_scan_json(&c->scan, c->in, c->in_len);
+    ssize_t r = pjson_scan(&c->scan, c->in, c->in_len);
     if (r < 0)
         return (int)r;
     if (r == 0)
@@ -1030,24 +853,24 @@ static void mock_conn_process(struct mock_conn *c)
         int rc = mock_frame(c, &end);
         if (rc == 0) {
             /* Leading whitespace is not a request: do not let it pile up. */
-            if (!mock_has_data(c->in, c->in_len))
+            if (!pjson_has_data(c->in, c->in_len))
                 mock_in_consume(c, c->in_len);
             return;
         }
         if (rc < 0) {
             mock_log(c->w->srv, "connection %" PRIu64 ": request is not JSON (byte 0x%02x)",
-                     c->serial, (unsigned char)c->in[mock_json_ws(c->in, c->in_len, 0)]);
+                     c->serial, (unsigned char)c->in[pjson_json_ws(c->in, c->in_len, 0)]);
             c->close_after = true;
             c->in_len = 0;
             mock_answer(c, mock_build_error(c, "mockd: request is not a JSON object"), 0);
             return;
         }
-        if (!mock_has_data(c->in, end)) { /* a blank ndjson line */
+        if (!pjson_has_data(c->in, end)) { /* a blank ndjson line */
             mock_in_consume(c, end);
             continue;
         }
         c->overlap_seen = false;
-        if (mock_has_data(c->in + end, c->in_len - end))
+        if (pjson_has_data(c->in + end, c->in_len - end))
             mock_overlap(c, c->seq + 1);
         mock_request(c, c->in, end);
         if (c->dead)
@@ -1130,7 +953,7 @@ static void mock_conn_readable(struct mock_conn *c)
         return;
     }
     mock_count(&c->w->bytes_in, (uint64_t)n);
-    if (c->state != MOCK_IDLE && mock_has_data(c->in + c->in_len, (size_t)n))
+    if (c->state != MOCK_IDLE && pjson_has_data(c->in + c->in_len, (size_t)n))
         mock_overlap(c, c->seq);
     if (c->state == MOCK_HUNG)
         return; /* never answered: keep reading so the peer is not blocked */

@@ -25,7 +25,7 @@
 #include "arena.h"
 #include "cache.h"
 #include "reclaim.h"
-#include "stress.h"
+#include "stress_expect.h"
 
 
 static unsigned g_arena;
@@ -620,12 +620,6 @@ Test(cache, property_roomy)
 }
 
 /* ---- concurrency (tests/stress/stress_cache.c; TSan runs it via stress_all) */
-
-static void expect_stress(int (*fn)(char *, size_t))
-{
-    char err[256] = "";
-    cr_assert_eq(fn(err, sizeof err), 0, "%s", err);
-}
 
 Test(cache_stress, storm_sharded, .timeout = 120)
 {

@@ -6,7 +6,7 @@
 #include <criterion/criterion.h>
 
 #include "pool.h"
-#include "stress.h"
+#include "stress_expect.h"
 
 struct handoff_log {
     uint64_t tokens[16];
@@ -93,12 +93,6 @@ Test(pool, max_queue_zero_never_queues)
     cr_assert_eq(pool_acquire(&p, 2, &t), POOL_GOT);
     pool_release(&p, t);
     pool_destroy(&p);
-}
-
-static void expect_stress(int (*fn)(char *, size_t))
-{
-    char err[256] = "";
-    cr_assert_eq(fn(err, sizeof err), 0, "%s", err);
 }
 
 Test(pool_stress, one_slot_8_threads, .timeout = 120)

@@ -160,14 +160,7 @@ Test(ring, bulk_partial_and_order)
 
 /* ---- threaded stress (tests/stress/stress_ring.c; TSan runs it via stress_all) */
 
-#include "stress.h"
-
-static void expect_stress(int (*fn)(char *, size_t))
-{
-    char err[256] = "";
-    int rc = fn(err, sizeof err);
-    cr_assert_eq(rc, 0, "%s", err);
-}
+#include "stress_expect.h"
 
 Test(ring_stress, spsc_exactly_once, .timeout = 120)
 {
