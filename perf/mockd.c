@@ -110,6 +110,7 @@ struct mock_opts {
     unsigned threads;
     enum mock_fault fault;
     uint64_t delay_ns;
+    uint64_t work_ns;
     int stats_fd;
     bool quiet;
 };
@@ -717,6 +718,15 @@ static enum mock_fault mock_fault_of(struct mock_server *srv, struct pjson_span 
     return srv->opts.fault;
 }
 
+/* --work-us: keep this thread busy, as Blender's main thread is while it
+ * executes a command (unlike --delay-us, which leaves the CPU free). */
+static void mock_burn(uint64_t ns)
+{
+    uint64_t end = mock_now_ns() + ns;
+    while (mock_now_ns() < end)
+        __asm__ volatile("pause" ::: "memory");
+}
+
 /* Handle one framed request: req[0, len) holds exactly one JSON value. */
 static void mock_request(struct mock_conn *c, const char *req, size_t len)
 {
@@ -728,6 +738,8 @@ static void mock_request(struct mock_conn *c, const char *req, size_t len)
 
     c->seq++;
     mock_count(&c->w->requests, 1);
+    if (srv->opts.work_ns)
+        mock_burn(srv->opts.work_ns);
     if (!pjson_json_members(req, len, keys, f, 2) || !mock_span_is_str(f[0])) {
         mock_answer(c,
                     mock_build_error(c, "mockd: a request is a JSON object with a "
@@ -1345,6 +1357,8 @@ static void mock_usage(FILE *f)
           "                      hang close partial garbage drip slow huge error array\n"
           "                      empty extra nonascii (default none)\n"
           "  --delay-us N        wait N microseconds before every answer (timer based)\n"
+          "  --work-us N         spend N microseconds of CPU on every request, on the\n"
+          "                      serving thread (as Blender's main thread does)\n"
           "  --stats-fd FD       where the exit stats line goes (default 1, stdout)\n"
           "  --quiet             no diagnostics on stderr except the ready line and errors\n"
           "  --help              this text\n"
@@ -1388,6 +1402,8 @@ static int mock_parse_args(int argc, char **argv, struct mock_opts *o)
             o->threads = (unsigned)u;
         } else if (strcmp(a, "--delay-us") == 0 && mock_parse_u64(v, 3600000000ULL, &u)) {
             o->delay_ns = u * 1000u;
+        } else if (strcmp(a, "--work-us") == 0 && mock_parse_u64(v, 10000000ULL, &u)) {
+            o->work_ns = u * 1000u;
         } else if (strcmp(a, "--stats-fd") == 0 && mock_parse_u64(v, INT32_MAX, &u)) {
             o->stats_fd = (int)u;
         } else if (strcmp(a, "--fault") == 0) {
@@ -1499,10 +1515,12 @@ int main(int argc, char **argv)
         atomic_store_explicit(&srv.failed, true, memory_order_relaxed);
     } else {
         fprintf(stderr,
-                "mockd: listening on %s (threads %u, framing %s, fault %s, delay_us %" PRIu64 ")\n",
+                "mockd: listening on %s (threads %u, framing %s, fault %s, delay_us %" PRIu64
+                ", work_us %" PRIu64 ")\n",
                 srv.addr_text, srv.opts.threads,
                 srv.opts.framing == MOCK_FRAMING_JSON ? "json" : "ndjson",
-                mock_fault_names[srv.opts.fault], srv.opts.delay_ns / 1000u);
+                mock_fault_names[srv.opts.fault], srv.opts.delay_ns / 1000u,
+                srv.opts.work_ns / 1000u);
         fflush(stderr);
         while (sigwait(&sigs, &sig) != 0)
             ;

@@ -6,7 +6,7 @@ The broker's own integration tests and benchmarks trust these two programs to
 judge it, so they are checked here on their own, with raw sockets: every
 command and fault mode of mockd (JSON-completeness framing, echo ids, hang,
 close, partial, garbage, drip, slow, huge, error, array, empty, extra,
-nonascii), its overlap counter, ndjson framing, --fault, --delay-us, refusal of
+nonascii), its overlap counter, ndjson framing, --fault, --delay-us, --work-us, refusal of
 an address in use, and SIGTERM handling; then loadgen in direct mode against
 mockd, and in broker mode against a small fake broker written here that answers
 out of order, with error codes, twice, or not at all.
@@ -398,6 +398,32 @@ def ndjson_threads_and_delay(ctx):
     finally:
         rc, out = m.stop()
     assert rc == 0 and json.loads(out.strip().splitlines()[-1])["requests"] == 4, (rc, out)
+
+
+def proc_cpu_s(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@test
+def work_us_burns_cpu_on_the_serving_thread(ctx):
+    """--work-us spends CPU (unlike --delay-us, which sleeps): 5 requests at
+    40 ms each must cost mockd about 200 ms of CPU, serially on one thread."""
+    m = Mockd(ctx.bindir, ctx.tmp, "127.0.0.1:0", "--work-us", "40000", "--quiet")
+    try:
+        cpu0 = proc_cpu_s(m.proc.pid)
+        with m.connect(timeout=5) as s:
+            t0 = time.monotonic()
+            for i in range(5):
+                assert call(s, "echo", {"i": i}, timeout=5)["result"]["params"] == {"i": i}
+            dt = time.monotonic() - t0
+        cpu = proc_cpu_s(m.proc.pid) - cpu0
+    finally:
+        rc, out = m.stop()
+    assert dt >= 0.2, dt
+    assert cpu >= 0.15, "mockd used %.3f s of CPU for 5 x 40 ms of work" % cpu
+    assert rc == 0, (rc, out)
 
 
 @test
