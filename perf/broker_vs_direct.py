@@ -1,20 +1,31 @@
 #!/usr/bin/env python3
 """Broker vs direct, side by side in one run (issue: the data path figures).
 
-Starts build/bin/mockd (1 thread) and build/bin/brokerd (pool_size N), then
-runs loadgen ROUNDS times in interleaved order:
-  direct     loadgen straight to mockd with N persistent connections
-  broker_d1  through brokerd, 64 client connections, 1 request in flight each
-  broker_d4  through brokerd, 64 client connections, 4 pipelined each
-Interleaving spreads this VM's large run-to-run drift over all cases. Prints
-one JSON line per run (loadgen's, tagged with case and round, plus the CPU
-the broker and mockd used per request) and a summary line with medians and
-the broker/direct throughput ratios.
+Starts build/bin/mockd (1 thread) and build/bin/brokerd (pool_size N), and
+HAProxy in TCP mode as a control when it is installed, then runs loadgen
+ROUNDS times in interleaved order:
+  direct       loadgen straight to mockd with N persistent connections
+  broker_d1    through brokerd, 64 client connections, 1 request in flight each
+  broker_d4    through brokerd, 64 client connections, 4 pipelined each
+  haproxy_c64  through HAProxy (mode tcp), 64 clients, so 64 backend
+               connections: HAProxy cannot share a connection between clients
+  haproxy_cN   through HAProxy, N clients on N backend connections
+Interleaving spreads this VM's large run-to-run drift over all cases.
+
+For every run it prints loadgen's JSON line tagged with the case and round,
+plus the CPU each process used, as cores (CPU seconds per wall second of the
+run) and microseconds per request. When loadgen, mockd and the proxy share
+all CPUs, total CPU per request decides throughput; those columns show it.
+A summary line follows with medians and the ratios to direct.
+
+--work-us W makes mockd spend W us of CPU per request on its one thread, as
+Blender's main thread does while it executes a command.
 
 usage: perf/broker_vs_direct.py [--bin build/bin] [--pool 8] [--seconds 3]
-       [--rounds 3] [--workers 2] [--transport tcp|unix]
+       [--rounds 3] [--workers 2] [--transport tcp|unix] [--work-us 0]
+       [--haproxy auto|off|PATH]
 """
-import argparse, json, os, re, signal, statistics, subprocess, sys, tempfile, time
+import argparse, json, os, re, resource, shutil, signal, statistics, subprocess, sys, tempfile, time
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -23,6 +34,11 @@ def cpu_s(pid):
     with open("/proc/%d/stat" % pid) as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
+
+
+def children_cpu_s():
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def wait_for(pred, secs):
@@ -34,6 +50,32 @@ def wait_for(pred, secs):
     return False
 
 
+def read(path):
+    with open(path) as f:
+        return f.read()
+
+
+def start_haproxy(exe, tmp, backend, threads, procs):
+    sock = os.path.join(tmp, "h.sock")
+    if backend.startswith("unix:"):
+        server = backend[5:]
+    else:
+        server = backend
+    cfg = os.path.join(tmp, "haproxy.cfg")
+    with open(cfg, "w") as f:
+        f.write("global\n    maxconn 4096\n    nbthread %d\n"
+                "defaults\n    mode tcp\n    timeout connect 5s\n"
+                "    timeout client 60s\n    timeout server 60s\n"
+                "frontend f\n    bind unix@%s\n    default_backend b\n"
+                "backend b\n    server m %s\n" % (threads, sock, server))
+    p = subprocess.Popen([exe, "-f", cfg, "-db"], stdout=subprocess.DEVNULL,
+                         stderr=open(os.path.join(tmp, "haproxy.err"), "w"))
+    procs.append(p)
+    assert wait_for(lambda: os.path.exists(sock), 5), "haproxy did not start: " + \
+        read(os.path.join(tmp, "haproxy.err"))
+    return p, sock
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bin", default="build/bin")
@@ -42,57 +84,84 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--transport", choices=("tcp", "unix"), default="tcp")
+    ap.add_argument("--work-us", type=int, default=0)
+    ap.add_argument("--haproxy", default="auto", help="auto (if installed), off, or a path")
     a = ap.parse_args()
+    hap_exe = None
+    if a.haproxy == "auto":
+        hap_exe = shutil.which("haproxy")
+    elif a.haproxy != "off":
+        hap_exe = a.haproxy
     tmp = tempfile.mkdtemp(prefix="brokerbench.")
     procs = []
     try:
         listen = "127.0.0.1:0" if a.transport == "tcp" else "unix:" + os.path.join(tmp, "m.sock")
-        merr = open(os.path.join(tmp, "mockd.err"), "w+")
+        merr = os.path.join(tmp, "mockd.err")
         mockd = subprocess.Popen([os.path.join(a.bin, "mockd"), "--listen", listen, "--threads", "1",
-                                  "--quiet"], stdout=subprocess.DEVNULL, stderr=merr)
+                                  "--work-us", str(a.work_us), "--quiet"],
+                                 stdout=subprocess.DEVNULL, stderr=open(merr, "w"))
         procs.append(mockd)
-        assert wait_for(lambda: "listening on" in open(merr.name).read(), 5), "mockd did not start"
-        addr = re.search(r"listening on (\S+)", open(merr.name).read()).group(1)
+        assert wait_for(lambda: "listening on" in read(merr), 5), "mockd did not start"
+        addr = re.search(r"listening on (\S+)", read(merr)).group(1)
         backend = addr if a.transport == "tcp" else listen
         sock = os.path.join(tmp, "b.sock")
-        cfg = {"listen": sock, "admin_listen": os.path.join(tmp, "a.sock"), "workers": a.workers,
-               "log": {"level": "warn"},
+        cfg = {"listen": sock, "workers": a.workers, "log": {"level": "warn"},
                "backends": [{"name": "mock", "address": backend, "pool_size": a.pool}]}
-        with open(os.path.join(tmp, "b.json"), "w") as f:
+        cfg_path = os.path.join(tmp, "b.json")
+        with open(cfg_path, "w") as f:
             json.dump(cfg, f)
-        broker = subprocess.Popen([os.path.join(a.bin, "brokerd"), "--config", f.name],
+        broker = subprocess.Popen([os.path.join(a.bin, "brokerd"), "--config", cfg_path],
                                   stderr=open(os.path.join(tmp, "brokerd.err"), "w"))
         procs.append(broker)
         assert wait_for(lambda: os.path.exists(sock), 5), "brokerd did not start"
         direct = (["--tcp", addr] if a.transport == "tcp" else ["--unix", addr[5:]]) + \
             ["--mode", "direct", "--connections", str(a.pool)]
-        cases = {"direct": direct,
-                 "broker_d1": ["--unix", sock, "--connections", "64", "--depth", "1"],
-                 "broker_d4": ["--unix", sock, "--connections", "64", "--depth", "4"]}
+        cases = {"direct": (direct, None),
+                 "broker_d1": (["--unix", sock, "--connections", "64", "--depth", "1"], broker),
+                 "broker_d4": (["--unix", sock, "--connections", "64", "--depth", "4"], broker)}
+        if hap_exe:
+            hap, hsock = start_haproxy(hap_exe, tmp, backend, a.workers, procs)
+            cases["haproxy_c64"] = (["--unix", hsock, "--mode", "direct", "--connections", "64"],
+                                    hap)
+            cases["haproxy_c%d" % a.pool] = (["--unix", hsock, "--mode", "direct",
+                                              "--connections", str(a.pool)], hap)
         runs = {k: [] for k in cases}
         for rnd in range(a.rounds):
-            for case, args in cases.items():
-                b0, m0 = cpu_s(broker.pid), cpu_s(mockd.pid)
+            for case, (args, proxy) in cases.items():
+                p0 = cpu_s(proxy.pid) if proxy else 0.0
+                m0, l0, t0 = cpu_s(mockd.pid), children_cpu_s(), time.monotonic()
                 out = subprocess.run([os.path.join(a.bin, "loadgen"), *args, "--duration",
                                       str(a.seconds), "--warmup", "1", "--threads", "1"],
                                      capture_output=True, text=True, check=True).stdout
+                wall = time.monotonic() - t0
                 r = json.loads(out)
-                n = max(r["requests"], 1)
+                cores = {"proxy": (cpu_s(proxy.pid) - p0) / wall if proxy else 0.0,
+                         "mockd": (cpu_s(mockd.pid) - m0) / wall,
+                         "loadgen": (children_cpu_s() - l0) / wall}
+                cores["total"] = sum(cores.values())
+                rps = max(r["rps"], 1)
                 r.update(case=case, round=rnd, transport=a.transport, workers=a.workers,
-                         broker_cpu_us_per_req=round((cpu_s(broker.pid) - b0) * 1e6 / n, 2)
-                         if case != "direct" else 0.0,
-                         mockd_cpu_us_per_req=round((cpu_s(mockd.pid) - m0) * 1e6 / n, 2))
+                         work_us=a.work_us,
+                         cores={k: round(v, 3) for k, v in cores.items()},
+                         cpu_us_per_req={k: round(v * 1e6 / rps, 2) for k, v in cores.items()})
                 print(json.dumps(r), flush=True)
                 runs[case].append(r)
-        med = {c: {k: statistics.median(x[k] for x in rs)
-                   for k in ("rps", "p50_us", "p99_us", "broker_cpu_us_per_req")}
-               for c, rs in runs.items()}
+
+        def med(rs, get):
+            return round(statistics.median(get(x) for x in rs), 2)
+        summary = {c: {"rps": med(rs, lambda x: x["rps"]),
+                       "p50_us": med(rs, lambda x: x["p50_us"]),
+                       "p99_us": med(rs, lambda x: x["p99_us"]),
+                       "cores_total": med(rs, lambda x: x["cores"]["total"]),
+                       "cpu_us_per_req": {k: med(rs, lambda x, k=k: x["cpu_us_per_req"][k])
+                                          for k in ("proxy", "mockd", "loadgen", "total")}}
+                   for c, rs in runs.items()}
         print(json.dumps({
             "bench": "broker_vs_direct", "pool_size": a.pool, "workers": a.workers,
-            "transport": a.transport, "rounds": a.rounds, "seconds": a.seconds,
-            "median": med,
-            "ratio_d1": round(med["broker_d1"]["rps"] / med["direct"]["rps"], 3),
-            "ratio_d4": round(med["broker_d4"]["rps"] / med["direct"]["rps"], 3)}))
+            "transport": a.transport, "work_us": a.work_us, "rounds": a.rounds,
+            "seconds": a.seconds, "cpus": os.cpu_count(), "median": summary,
+            "ratio": {c: round(s["rps"] / summary["direct"]["rps"], 3)
+                      for c, s in summary.items() if c != "direct"}}))
     finally:
         for p in reversed(procs):
             p.send_signal(signal.SIGTERM)
@@ -100,6 +169,7 @@ def main():
                 p.wait(10)
             except subprocess.TimeoutExpired:
                 p.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

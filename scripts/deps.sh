@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Install the Debian packages brokerd needs; idempotent (does nothing, and
 # touches no network, when everything is already installed).
-# Usage: scripts/deps.sh [build|test]   (test adds what the test suites need)
+# Usage: scripts/deps.sh [build|test|perf]   (test adds what the test suites
+# need; perf adds haproxy, the control in perf/broker_vs_direct.py)
 set -euo pipefail
 want=(build-essential cmake pkg-config liburing-dev libjemalloc-dev libjansson-dev
       libxxhash-dev libck-dev libcriterion-dev python3 socat)
-if [ "${1:-build}" = test ]; then
-  want+=(clang libclang-rt-14-dev valgrind)
-fi
+case "${1:-build}" in
+  build) ;;
+  test) want+=(clang libclang-rt-14-dev valgrind) ;;
+  perf) want+=(haproxy) ;;
+  *) echo "usage: scripts/deps.sh [build|test|perf]" >&2; exit 2 ;;
+esac
 missing=()
 for p in "${want[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
