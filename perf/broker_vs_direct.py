@@ -7,6 +7,7 @@ ROUNDS times in interleaved order:
   direct       loadgen straight to mockd with N persistent connections
   broker_d1    through brokerd, 64 client connections, 1 request in flight each
   broker_d4    through brokerd, 64 client connections, 4 pipelined each
+               (--workers 1,2: one brokerd per value, cases broker_w1_d1 ...)
   haproxy_c64  through HAProxy (mode tcp), 64 clients, so 64 backend
                connections: HAProxy cannot share a connection between clients
   haproxy_cN   through HAProxy, N clients on N backend connections
@@ -22,7 +23,7 @@ A summary line follows with medians and the ratios to direct.
 Blender's main thread does while it executes a command.
 
 usage: perf/broker_vs_direct.py [--bin build/bin] [--pool 8] [--seconds 3]
-       [--rounds 3] [--workers 2] [--transport tcp|unix] [--work-us 0]
+       [--rounds 3] [--workers 2|1,2] [--transport tcp|unix] [--work-us 0]
        [--haproxy auto|off|PATH]
 """
 import argparse, json, os, re, resource, shutil, signal, statistics, subprocess, sys, tempfile, time
@@ -82,7 +83,8 @@ def main():
     ap.add_argument("--pool", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=3)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", default="2",
+                    help="brokerd worker threads; a comma list runs one brokerd per value")
     ap.add_argument("--transport", choices=("tcp", "unix"), default="tcp")
     ap.add_argument("--work-us", type=int, default=0)
     ap.add_argument("--haproxy", default="auto", help="auto (if installed), off, or a path")
@@ -104,23 +106,27 @@ def main():
         assert wait_for(lambda: "listening on" in read(merr), 5), "mockd did not start"
         addr = re.search(r"listening on (\S+)", read(merr)).group(1)
         backend = addr if a.transport == "tcp" else listen
-        sock = os.path.join(tmp, "b.sock")
-        cfg = {"listen": sock, "workers": a.workers, "log": {"level": "warn"},
-               "backends": [{"name": "mock", "address": backend, "pool_size": a.pool}]}
-        cfg_path = os.path.join(tmp, "b.json")
-        with open(cfg_path, "w") as f:
-            json.dump(cfg, f)
-        broker = subprocess.Popen([os.path.join(a.bin, "brokerd"), "--config", cfg_path],
-                                  stderr=open(os.path.join(tmp, "brokerd.err"), "w"))
-        procs.append(broker)
-        assert wait_for(lambda: os.path.exists(sock), 5), "brokerd did not start"
         direct = (["--tcp", addr] if a.transport == "tcp" else ["--unix", addr[5:]]) + \
             ["--mode", "direct", "--connections", str(a.pool)]
-        cases = {"direct": (direct, None),
-                 "broker_d1": (["--unix", sock, "--connections", "64", "--depth", "1"], broker),
-                 "broker_d4": (["--unix", sock, "--connections", "64", "--depth", "4"], broker)}
+        cases = {"direct": (direct, None)}
+        workers = [int(x) for x in str(a.workers).split(",")]
+        for nw in workers:
+            sock = os.path.join(tmp, "b%d.sock" % nw)
+            cfg = {"listen": sock, "workers": nw, "log": {"level": "warn"},
+                   "backends": [{"name": "mock", "address": backend, "pool_size": a.pool}]}
+            cfg_path = os.path.join(tmp, "b%d.json" % nw)
+            with open(cfg_path, "w") as f:
+                json.dump(cfg, f)
+            broker = subprocess.Popen([os.path.join(a.bin, "brokerd"), "--config", cfg_path],
+                                      stderr=open(os.path.join(tmp, "brokerd%d.err" % nw), "w"))
+            procs.append(broker)
+            assert wait_for(lambda: os.path.exists(sock), 5), "brokerd did not start"
+            tag = "broker" if len(workers) == 1 else "broker_w%d" % nw
+            for depth in (1, 4):
+                cases["%s_d%d" % (tag, depth)] = (
+                    ["--unix", sock, "--connections", "64", "--depth", str(depth)], broker)
         if hap_exe:
-            hap, hsock = start_haproxy(hap_exe, tmp, backend, a.workers, procs)
+            hap, hsock = start_haproxy(hap_exe, tmp, backend, max(workers), procs)
             cases["haproxy_c64"] = (["--unix", hsock, "--mode", "direct", "--connections", "64"],
                                     hap)
             cases["haproxy_c%d" % a.pool] = (["--unix", hsock, "--mode", "direct",
@@ -140,7 +146,7 @@ def main():
                          "loadgen": (children_cpu_s() - l0) / wall}
                 cores["total"] = sum(cores.values())
                 rps = max(r["rps"], 1)
-                r.update(case=case, round=rnd, transport=a.transport, workers=a.workers,
+                r.update(case=case, round=rnd, transport=a.transport,
                          work_us=a.work_us,
                          cores={k: round(v, 3) for k, v in cores.items()},
                          cpu_us_per_req={k: round(v * 1e6 / rps, 2) for k, v in cores.items()})
@@ -157,7 +163,7 @@ def main():
                                           for k in ("proxy", "mockd", "loadgen", "total")}}
                    for c, rs in runs.items()}
         print(json.dumps({
-            "bench": "broker_vs_direct", "pool_size": a.pool, "workers": a.workers,
+            "bench": "broker_vs_direct", "pool_size": a.pool, "workers": workers,
             "transport": a.transport, "work_us": a.work_us, "rounds": a.rounds,
             "seconds": a.seconds, "cpus": os.cpu_count(), "median": summary,
             "ratio": {c: round(s["rps"] / summary["direct"]["rps"], 3)
