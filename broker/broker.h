@@ -60,6 +60,7 @@ struct bconn {
 struct backend_stats {
     _Atomic uint64_t requests, ok, errors, timeouts, connects, connect_failures, closed;
     _Atomic uint64_t stale_closed; /* idle connections found dead before reuse */
+    _Atomic uint64_t abandoned;    /* queued requests dropped: their client was gone */
     _Atomic uint32_t open_conns, peak_conns;
 };
 

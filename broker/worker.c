@@ -747,8 +747,15 @@ static void handoff_receive(struct worker *w, uint64_t token, struct pool_slot *
     struct req *r = req_at(w, (uint32_t)(token >> 8) & 0xffffffu);
     struct bconn *bc = slot->ctx;
     if (r && r->state == REQ_QUEUED && (r->gen & 0xffffffu) == (uint32_t)(token >> 32)) {
-        req_start(w, r, slot);
-        return;
+        if (!r->c->dead) {
+            req_start(w, r, slot);
+            return;
+        }
+        /* Its client is gone (reset, or a write to it failed): nobody can
+         * read the answer, so the backend must not run the command (it may
+         * change the scene) nor spend the connection on it. */
+        atomic_fetch_add_explicit(&r->be->stats.abandoned, 1, memory_order_relaxed);
+        req_done(w, r);
     }
     bc->attached = false;
     pool_release(&bc->be->pool, slot);

@@ -14,6 +14,8 @@ Cases and the seed bugs they guard (SPEC.md, "Seed traceability"):
   bad_input                        validation, too_large skip, blank lines
   unknown_backend_and_backend_down stub functions / unknown backend, backend down
   overloaded_queue                 bounded FIFO queue, overloaded
+  gone_client_queue_dropped        a vanished client's queued commands never reach Blender;
+                                   a half-closed one still gets every answer
   reconnects_after_backend_restart dead connection replaced, not reused
   dead_idle_connection_not_used    a connection that died idle costs no request
   no_fd_leak                       ASYNC_RACE_003, ASYNC_CLEANUP_001
@@ -460,6 +462,57 @@ def overloaded_queue(env):
     for c in others + [slow]:
         c.expect_silence(0.05)
         c.close()
+
+
+@case
+def gone_client_queue_dropped(env):
+    """A client queues 12 slow commands behind one connection and vanishes
+    (with an answer unread, which resets the socket, then with nothing
+    unread). Its queued commands must not run on the
+    backend: nobody can read their answers, and a command may change the
+    scene. Another client must not wait behind them either."""
+    m = env.mockd()
+    b = env.broker(bt.broker_config(env, backends=[bt.backend(env, pool_size=1)]))
+    c = b.connect()
+    check_echo(c.call(0, "echo", {}), {}, "warm-up")
+    c.close()
+    for how in ("reset", "close"):
+        before = m.stats()["requests"]
+        gone = b.connect()
+        if how == "reset":
+            # An answer left unread when the socket closes makes the kernel
+            # report ECONNRESET to the broker at once (on a Unix socket, that
+            # is what a reset is); without one the broker sees a plain EOF
+            # (the client may only have finished writing) and learns that
+            # the client is gone when an answer cannot be written.
+            gone.send(request(99, "echo", {}))
+            time.sleep(0.1)
+            before = m.stats()["requests"]  # the echo ran; it is not counted
+        for i in range(12):
+            gone.send(request(100 + i, "fault_slow", {"ms": 300}))
+        time.sleep(0.1)  # the first is at the backend, 11 wait in the queue
+        gone.close()
+        t0 = time.monotonic()
+        with b.connect() as other:
+            check_echo(other.call(1, "echo", {"after": how}, timeout=t(5)), {"after": how}, how)
+        waited = time.monotonic() - t0
+        # reset: only the command at the backend runs (<= 0.3 s); close: the
+        # broker learns it when the first answer cannot be written, by which
+        # time the second has the connection (<= 0.6 s). 12 would be 3.6 s.
+        assert waited < 1.2 + 0.3 * (bt.SLOW - 1), \
+            "%s: the other client waited %.2f s behind a gone client's queue" % (how, waited)
+        ran = m.stats()["requests"] - before - 2  # minus the echo and this stats call
+        assert ran <= (1 if how == "reset" else 2), \
+            "%s: %d of 12 queued commands of a gone client ran on the backend" % (how, ran)
+    # Only finished writing (shutdown SHUT_WR, as `socat` does at the end of
+    # its input): still here, so every queued command runs and is answered.
+    with b.connect() as half:
+        for i in range(4):
+            half.send(request(200 + i, "fault_slow", {"ms": 50}))
+        half.sock.shutdown(socket.SHUT_WR)
+        got = sorted(half.recv_one(timeout=t(5))["id"] for _ in range(4))
+        assert got == [200, 201, 202, 203], got
+    assert b.alive()
 
 
 @case
