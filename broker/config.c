@@ -17,13 +17,16 @@
  * that starts from the defaults; only a fully valid scratch replaces the
  * caller's config, so a failed load (or reload) changes nothing.
  *
+ * Addresses are parsed in config_addr.c; --help and the Markdown reference
+ * are written by config_doc.c, from the same rows.
+ *
  * Known limits: sections are implicit, so a section has no help text of its
  * own; numbers must be JSON integers (5000.0 is refused, not rounded); the
  * value of an unknown key is not inspected.
  */
 #include "config.h"
+#include "config_priv.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <jansson.h>
@@ -81,8 +84,7 @@ static bool why(char *w, size_t wl, const char *fmt, ...)
     return false;
 }
 
-static int bad(char *w, size_t wl, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int bad(char *w, size_t wl, const char *fmt, ...)
+int config_bad(char *w, size_t wl, const char *fmt, ...)
 {
     va_list ap;
 
@@ -217,10 +219,6 @@ static bool check_root(const char *s, size_t len, char *w, size_t wl)
         .offset = FIELD(S, f, struct config_idlist), .min = 0, .max = UINT32_MAX - 1, .help = (h)  \
     }
 
-#define MS_HOUR INT64_C(3600000)
-#define MS_DAY  INT64_C(86400000)
-#define MS_YEAR (365 * MS_DAY)
-#define GiB     INT64_C(1073741824)
 
 static const char *const framing_names[] = {"json", "ndjson", NULL};
 static const char *const policy_names[] = {"deny_dangerous", "allow", "deny_all", NULL};
@@ -403,146 +401,6 @@ static void *target(const struct config_key *k, void *base)
 static const void *ctarget(const struct config_key *k, const void *base)
 {
     return (const char *)base + k->offset;
-}
-
-/* --- addresses --------------------------------------------------------- */
-
-static int parse_unix(struct config_address *out, const char *p, size_t len, char *w, size_t wl)
-{
-    if (len == 0)
-        return bad(w, wl, "\"unix:\" needs a path");
-    if (len > CONFIG_UNIX_PATH_MAX)
-        return bad(w, wl, "socket path is %zu bytes, the maximum is %d", len, CONFIG_UNIX_PATH_MAX);
-    out->kind = CONFIG_ADDR_UNIX;
-    memcpy(out->path, p, len);
-    out->path[len] = '\0';
-    return 0;
-}
-
-static bool parse_port(const char *p, size_t len, uint16_t *port)
-{
-    unsigned v = 0;
-
-    if (len == 0 || len > 5)
-        return false;
-    for (size_t i = 0; i < len; i++) {
-        if (p[i] < '0' || p[i] > '9')
-            return false;
-        v = v * 10 + (unsigned)(p[i] - '0');
-    }
-    if (v < 1 || v > 65535)
-        return false;
-    *port = (uint16_t)v;
-    return true;
-}
-
-/* RFC 1123 host name: dot-separated labels [A-Za-z0-9-]{1,63}, no label
- * starting or ending with '-'. */
-static bool valid_hostname(const char *h, size_t len)
-{
-    size_t label = 0;
-
-    if (len == 0 || len > CONFIG_HOST_MAX)
-        return false;
-    for (size_t i = 0; i <= len; i++) {
-        char c = i < len ? h[i] : '.';
-        if (c == '.') {
-            if (label == 0 || label > 63 || h[i - 1] == '-')
-                return false;
-            label = 0;
-        } else if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                   (c == '-' && label > 0)) {
-            label++;
-        } else {
-            return false;
-        }
-    }
-    return true;
-}
-
-static int parse_tcp(struct config_address *out, const char *s, size_t len, char *w, size_t wl)
-{
-    const char *host = s, *colon;
-    size_t hlen;
-    unsigned char bin[16];
-
-    if (s[0] == '[') {
-        const char *rb = memchr(s, ']', len);
-        if (!rb || rb + 1 >= s + len || rb[1] != ':')
-            return bad(w, wl, "expected [ipv6]:port");
-        host = s + 1;
-        hlen = (size_t)(rb - host);
-        colon = rb + 1;
-    } else {
-        colon = memrchr(s, ':', len);
-        if (!colon)
-            return bad(w, wl, "missing \":port\" (expected host:port, [ipv6]:port or unix:/path)");
-        hlen = (size_t)(colon - s);
-        if (memchr(s, ':', hlen))
-            return bad(w, wl, "an IPv6 address needs brackets, as in [::1]:9876");
-    }
-    if (hlen == 0)
-        return bad(w, wl, "missing host before \":port\"");
-    if (hlen > CONFIG_HOST_MAX)
-        return bad(w, wl, "host is %zu bytes, the maximum is %d", hlen, CONFIG_HOST_MAX);
-    if (!parse_port(colon + 1, (size_t)(s + len - colon - 1), &out->port))
-        return bad(w, wl, "port must be a number in 1..65535");
-    memcpy(out->host, host, hlen);
-    out->host[hlen] = '\0';
-    out->kind = CONFIG_ADDR_TCP;
-    if (s[0] == '[') {
-        out->family = AF_INET6;
-        if (inet_pton(AF_INET6, out->host, bin) != 1)
-            return bad(w, wl, "\"%s\" is not an IPv6 address", out->host);
-    } else if (inet_pton(AF_INET, out->host, bin) == 1) {
-        out->family = AF_INET;
-    } else if (strspn(out->host, "0123456789.") == hlen) {
-        return bad(w, wl, "\"%s\" is not an IPv4 address", out->host);
-    } else if (valid_hostname(out->host, hlen)) {
-        out->family = AF_UNSPEC;
-    } else {
-        return bad(w, wl, "host is neither an IP address nor a valid host name");
-    }
-    return 0;
-}
-
-int config_address_parse(struct config_address *out, const char *s, size_t len, char *w, size_t wl)
-{
-    int rc;
-
-    memset(out, 0, sizeof(*out));
-    if (len == 0)
-        rc = bad(w, wl, "empty address");
-    else if (memchr(s, '\0', len))
-        rc = bad(w, wl, "contains a NUL byte");
-    else if (len >= 5 && memcmp(s, "unix:", 5) == 0)
-        rc = parse_unix(out, s + 5, len - 5, w, wl);
-    else if (s[0] == '/' || s[0] == '.')
-        rc = parse_unix(out, s, len, w, wl);
-    else
-        rc = parse_tcp(out, s, len, w, wl);
-    if (rc)
-        memset(out, 0, sizeof(*out));
-    return rc;
-}
-
-int config_address_format(const struct config_address *a, char *buf, size_t len)
-{
-    switch (a->kind) {
-    case CONFIG_ADDR_TCP:
-        return snprintf(buf, len, a->family == AF_INET6 ? "[%s]:%u" : "%s:%u", a->host,
-                        (unsigned)a->port);
-    case CONFIG_ADDR_UNIX:
-        return snprintf(buf, len, "unix:%s", a->path);
-    default:
-        return snprintf(buf, len, "%s", "");
-    }
-}
-
-static bool address_equal(const struct config_address *a, const struct config_address *b)
-{
-    return a->kind == b->kind && a->port == b->port && strcmp(a->host, b->host) == 0 &&
-           strcmp(a->path, b->path) == 0;
 }
 
 /* --- lists, defaults and destruction ----------------------------------- */
@@ -822,7 +680,7 @@ static int parse_string(struct pctx *c, const struct config_key *k, const json_t
     return 0;
 }
 
-static void enum_list(const char *const *names, char *buf, size_t len)
+void config_enum_names(const char *const *names, char *buf, size_t len)
 {
     size_t o = 0;
 
@@ -842,7 +700,7 @@ static int parse_enum(struct pctx *c, const struct config_key *k, const json_t *
     if (i < 0) {
         char q[96], list[128];
         quote_value(q, sizeof(q), json_string_value(v), json_string_length(v));
-        enum_list(k->enum_names, list, sizeof(list));
+        config_enum_names(k->enum_names, list, sizeof(list));
         return fail(c, path, "%s is not one of %s", q, list);
     }
     *p = i;
@@ -1341,7 +1199,7 @@ static bool value_equal(const struct config_key *k, const void *a, const void *b
     }
     case CONFIG_T_ADDRESS:
     case CONFIG_T_ADDRESS_OPT:
-        return address_equal(pa, pb);
+        return config_address_equal(pa, pb);
     case CONFIG_T_ID_LIST: {
         const struct config_idlist *la = pa, *lb = pb;
         return la->n == lb->n && (la->n == 0 || memcmp(la->v, lb->v, la->n * sizeof(*la->v)) == 0);
@@ -1532,229 +1390,3 @@ int config_dump_json(const struct broker_config *cfg, char **out)
 }
 
 /* --- --help and the Markdown reference --------------------------------- */
-
-static const char *type_name(const struct config_key *k)
-{
-    switch (k->type) {
-    case CONFIG_T_U32:
-        return "integer";
-    case CONFIG_T_SIZE:
-        return "bytes";
-    case CONFIG_T_MS:
-        return "ms";
-    case CONFIG_T_STRING:
-        return "string";
-    case CONFIG_T_ENUM:
-        return "enum";
-    case CONFIG_T_MODE:
-        return "octal string";
-    case CONFIG_T_ADDRESS:
-        return "address";
-    case CONFIG_T_ADDRESS_OPT:
-        return "address or null";
-    case CONFIG_T_ID_LIST:
-        return "array of integers";
-    case CONFIG_T_STR_LIST:
-        return "array of strings";
-    case CONFIG_T_BACKENDS:
-        return "array of objects";
-    }
-    return "?";
-}
-
-/* " (64 MiB)", " (60 s)" for round sizes and durations, else "". */
-static void human(const struct config_key *k, int64_t v, char *buf, size_t len)
-{
-    static const char *const units[] = {"KiB", "MiB", "GiB", "TiB"};
-
-    buf[0] = '\0';
-    if (k->type == CONFIG_T_SIZE) {
-        int u = -1;
-        while (v >= 1024 && v % 1024 == 0 && u < 3) {
-            v /= 1024;
-            u++;
-        }
-        if (u >= 0)
-            snprintf(buf, len, " (%" PRId64 " %s)", v, units[u]);
-    } else if (k->type == CONFIG_T_MS && v >= 1000 && v % 1000 == 0) {
-        if (v % MS_DAY == 0)
-            snprintf(buf, len, " (%" PRId64 " d)", v / MS_DAY);
-        else if (v % MS_HOUR == 0)
-            snprintf(buf, len, " (%" PRId64 " h)", v / MS_HOUR);
-        else
-            snprintf(buf, len, " (%" PRId64 " s)", v / 1000);
-    }
-}
-
-int config_key_default_str(const struct config_key *k, char *buf, size_t len)
-{
-    size_t o = 0;
-
-    switch (k->type) {
-    case CONFIG_T_U32:
-    case CONFIG_T_SIZE:
-    case CONFIG_T_MS:
-        return snprintf(buf, len, "%" PRId64, k->def);
-    case CONFIG_T_BACKENDS:
-        return snprintf(buf, len, "%s", "[{\"name\": \"blender\", ...}]");
-    case CONFIG_T_ID_LIST:
-        return snprintf(buf, len, "%s", "[]");
-    case CONFIG_T_STR_LIST:
-        o = (size_t)snprintf(buf, len, "%s", "[");
-        for (const char *const *d = k->def_list; d && *d; d++)
-            if (o < len)
-                o += (size_t)snprintf(buf + o, len - o, "%s\"%s\"", d == k->def_list ? "" : ", ",
-                                      *d);
-        return (int)o + (o < len ? snprintf(buf + o, len - o, "%s", "]") : 1);
-    default:
-        return k->def_str ? snprintf(buf, len, "\"%s\"", k->def_str)
-                          : snprintf(buf, len, "%s", "null");
-    }
-}
-
-/* Range or allowed values; "" when the help line says it all. */
-static void range_str(const struct config_key *k, char *buf, size_t len)
-{
-    char list[128];
-
-    buf[0] = '\0';
-    switch (k->type) {
-    case CONFIG_T_U32:
-    case CONFIG_T_SIZE:
-    case CONFIG_T_MS:
-    case CONFIG_T_BACKENDS:
-        snprintf(buf, len, "%" PRId64 "..%" PRId64 "%s", k->min, k->max,
-                 k->type == CONFIG_T_BACKENDS ? " entries" : "");
-        break;
-    case CONFIG_T_ID_LIST:
-        snprintf(buf, len, "each %" PRId64 "..%" PRId64 ", at most %d", k->min, k->max,
-                 CONFIG_LIST_MAX);
-        break;
-    case CONFIG_T_ENUM:
-        enum_list(k->enum_names, list, sizeof(list));
-        snprintf(buf, len, "%s", list);
-        break;
-    case CONFIG_T_MODE:
-        snprintf(buf, len, "%04o..%04o (%04o required)", (unsigned)k->min, (unsigned)k->max,
-                 (unsigned)k->min);
-        break;
-    default:
-        break;
-    }
-}
-
-static void key_summary(const struct config_key *k, char *def, size_t dl, char *range, size_t rl)
-{
-    char h[32];
-
-    config_key_default_str(k, def, dl);
-    human(k, k->def, h, sizeof(h));
-    if (h[0] && strlen(def) + strlen(h) < dl)
-        memcpy(def + strlen(def), h, strlen(h) + 1);
-    range_str(k, range, rl);
-}
-
-/* Print text word-wrapped to 80 columns, each line indented by `indent`. */
-static void print_wrapped(FILE *out, const char *text, int indent)
-{
-    const int width = 80 - indent;
-
-    while (*text) {
-        int n = (int)strlen(text);
-        if (n > width) {
-            n = width;
-            while (n > 0 && text[n] != ' ')
-                n--;
-            if (n == 0)
-                n = (int)strcspn(text, " ");
-        }
-        fprintf(out, "%*s%.*s\n", indent, "", n, text);
-        text += n;
-        while (*text == ' ')
-            text++;
-    }
-}
-
-void config_print_help(FILE *out)
-{
-    char def[192], range[128];
-
-    fprintf(out, "Configuration (JSON file given with --config FILE; every key is optional and\n"
-                 "the broker runs with no file at all). Sizes are bytes, durations ms.\n"
-                 "Reference: docs/config-reference.md.\n\n");
-    for (size_t i = 0; i < config_key_count(); i++) {
-        const struct config_key *k = config_key_at(i);
-        key_summary(k, def, sizeof(def), range, sizeof(range));
-        fprintf(out, "  %s  (%s; default %s%s%s%s%s)\n", k->name, type_name(k), def,
-                range[0] ? "; " : "", range, (k->flags & CONFIG_F_RELOAD) ? "; reloadable" : "",
-                (k->flags & CONFIG_F_EXTRA) ? "; extra" : "");
-        print_wrapped(out, k->help, 6);
-    }
-}
-
-/* Markdown table cell: '|' would end the cell. */
-static void md_cell(FILE *out, const char *s, bool code)
-{
-    fputs(code ? " `" : " ", out);
-    for (; *s; s++) {
-        if (*s == '|')
-            fputs("\\|", out);
-        else
-            fputc(*s, out);
-    }
-    fputs(code ? "` |" : " |", out);
-}
-
-int config_write_reference_md(FILE *out)
-{
-    char def[192], range[128];
-
-    fputs("# brokerd configuration reference\n\n"
-          "<!-- Generated from the key table in broker/config.c by config_write_reference_md().\n"
-          "     Do not edit. Regenerate: brokerd --print-config-reference > "
-          "docs/config-reference.md\n"
-          "     (or BROKER_UPDATE_DOCS=1 build/bin/test_config). -->\n\n"
-          "The configuration is one JSON object, read from `brokerd --config FILE`. Every key\n"
-          "is optional: with no file at all the broker listens on `broker.sock` and forwards to\n"
-          "one backend `blender` at `127.0.0.1:9876`. Unknown keys, wrong types and values out\n"
-          "of range are refused at start with a message naming the key, for example\n"
-          "`backends[1].pool_size: 0 is below the minimum 1`.\n\n"
-          "Dotted names are nested objects: `cache.ttl_ms` is `{\"cache\": {\"ttl_ms\": 5000}}`.\n"
-          "`backends[].` keys belong to each object of the `backends` array; `name` and\n"
-          "`address` are required in each. Sizes are in bytes, durations in milliseconds.\n"
-          "Keys marked *reload* take effect on `SIGHUP` / admin `reload`; changing any other\n"
-          "key makes the reload fail with a message naming it (restart to apply).\n"
-          "Keys marked *extra* are not in the specification's key list; the implementation\n"
-          "added them.\n\n"
-          "Cross-field rules: `request_timeout_ms <= max_request_timeout_ms`,\n"
-          "`breaker.open_ms <= breaker.max_open_ms`, `cache.ttl_ms <= cache.max_ttl_ms`,\n"
-          "`rate_limit.max_inflight_per_client <= rate_limit.max_inflight`, backend names\n"
-          "unique, `listen`, `admin_listen` and `compat_listen` distinct.\n\n"
-          "| Key | Type | Default | Range / values | Reload | Description |\n"
-          "| --- | --- | --- | --- | --- | --- |\n",
-          out);
-    for (size_t i = 0; i < config_key_count(); i++) {
-        const struct config_key *k = config_key_at(i);
-        key_summary(k, def, sizeof(def), range, sizeof(range));
-        fputs("|", out);
-        md_cell(out, k->name, true);
-        md_cell(out, type_name(k), false);
-        md_cell(out, def, true);
-        md_cell(out, range, false);
-        md_cell(out, (k->flags & CONFIG_F_RELOAD) ? "reload" : "restart", false);
-        fprintf(out, " %s%s |\n", (k->flags & CONFIG_F_EXTRA) ? "*extra* " : "", k->help);
-    }
-    fputs("\nExample:\n\n```json\n"
-          "{\n"
-          "  \"listen\": \"/run/brokerd/broker.sock\",\n"
-          "  \"backends\": [\n"
-          "    {\"name\": \"blender\", \"address\": \"127.0.0.1:9876\", \"pool_size\": 4},\n"
-          "    {\"name\": \"render\", \"address\": \"unix:/run/render.sock\", \"framing\": "
-          "\"ndjson\"}\n"
-          "  ],\n"
-          "  \"cache\": {\"ttl_ms\": 10000},\n"
-          "  \"log\": {\"level\": \"debug\", \"format\": \"text\"}\n"
-          "}\n```\n",
-          out);
-    return ferror(out) ? -EIO : 0;
-}

@@ -223,6 +223,9 @@ int config_address_parse(struct config_address *out, const char *s, size_t len, 
 /* Render as config_address_parse accepts it ("" for NONE); snprintf-like. */
 int config_address_format(const struct config_address *a, char *buf, size_t len);
 
+/* Same kind, host text, port and path: the reload check's "unchanged". */
+bool config_address_equal(const struct config_address *a, const struct config_address *b);
+
 /* --- the key table ----------------------------------------------------- */
 
 enum config_type {
