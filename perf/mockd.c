@@ -723,8 +723,11 @@ static enum mock_fault mock_fault_of(struct mock_server *srv, struct pjson_span 
 static void mock_burn(uint64_t ns)
 {
     uint64_t end = mock_now_ns() + ns;
-    while (mock_now_ns() < end)
-        __asm__ volatile("pause" ::: "memory");
+    while (mock_now_ns() < end) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+    }
 }
 
 /* Handle one framed request: req[0, len) holds exactly one JSON value. */
