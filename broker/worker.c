@@ -1189,6 +1189,9 @@ static void *worker_main(void *arg)
 {
     struct worker *w = arg;
     tl_worker = w;
+    char name[16]; /* the kernel keeps 15 bytes: "brokerd-w255" fits */
+    snprintf(name, sizeof name, "brokerd-w%u", w->id);
+    pthread_setname_np(pthread_self(), name); /* for top -H, perf, gdb */
     /* SINGLE_ISSUER: this thread becomes the ring's only submitter. */
     int rc = ring_enable(&w->ring);
     atomic_store_explicit(&w->ready, rc == 0 ? 1 : -1, memory_order_release);

@@ -7,7 +7,8 @@ exit 0, and no child's stderr may hold a sanitizer report (AddressSanitizer,
 LeakSanitizer, UBSan "runtime error:").
 
 Cases and the seed bugs they guard (SPEC.md, "Seed traceability"):
-  pipelined_32x100                 pipelining, every id answered once, no overlap
+  pipelined_32x100                 pipelining, every id answered once, no overlap;
+                                   worker threads named brokerd-wN
   pool_bound_and_no_overlap        RACE_CONDITION_001 (a slot never held twice)
   faults_map_to_codes              TYPE_SAFETY_002, error truncation, dead conns replaced
   idle_timeout_resets_on_chunks    BUG-009
@@ -107,6 +108,13 @@ def pipelined_32x100(env):
     assert st["max_connections_open"] <= pool, st
     assert st["connections_total"] <= pool, st
     assert st["requests"] >= 3200, st
+    # Worker threads carry their names (top -H, perf, gdb tell them apart).
+    task = "/proc/%d/task" % b.proc.pid
+    names = set()
+    for tid in os.listdir(task):
+        with open(os.path.join(task, tid, "comm")) as f:
+            names.add(f.read().strip())
+    assert {"brokerd-w0", "brokerd-w1"} <= names, names
     for c in clients:
         c.close()
 
