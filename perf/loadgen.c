@@ -66,6 +66,7 @@
 #include <fcntl.h>
 
 #include "pjson.h"
+#include "tool.h"
 
 #define LG_SCRATCH       ((size_t)256 << 10)
 #define LG_MAX_MESSAGE   ((size_t)512 << 20)
@@ -1088,15 +1089,6 @@ static double lg_cpu_s(void)
            (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
 }
 
-static void lg_raise_nofile(void)
-{
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &rl);
-    }
-}
-
 static int lg_setup(struct lg_run *run)
 {
     char err[256] = "";
@@ -1139,7 +1131,7 @@ int main(int argc, char **argv)
     run.is_tcp = run.o.tcp != NULL;
     atomic_init(&run.log_budget, LG_LOG_BUDGET);
     signal(SIGPIPE, SIG_IGN);
-    lg_raise_nofile();
+    tool_raise_nofile();
     if ((rc = lg_setup(&run)) != 0) {
         lg_free(&run);
         return rc;

@@ -70,6 +70,7 @@
 #include <unistd.h>
 
 #include "pjson.h"
+#include "tool.h"
 
 #define MOCK_MAX_REQUEST  ((size_t)64 << 20)
 #define MOCK_READ_MIN     ((size_t)4096)
@@ -1431,16 +1432,6 @@ static int mock_parse_args(int argc, char **argv, struct mock_opts *o)
     return 0;
 }
 
-static void mock_raise_nofile(void)
-{
-    /* Load tests open thousands of connections; take what the hard limit allows. */
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &rl);
-    }
-}
-
 static int mock_start_workers(struct mock_server *srv)
 {
     size_t bytes = srv->opts.threads * sizeof(struct mock_worker);
@@ -1500,7 +1491,7 @@ int main(int argc, char **argv)
     if ((rc = mock_parse_args(argc, argv, &srv.opts)) != 0)
         return rc;
     atomic_init(&srv.log_budget, MOCK_LOG_BUDGET);
-    mock_raise_nofile();
+    tool_raise_nofile();
     signal(SIGPIPE, SIG_IGN);
     /* Blocked before any thread starts, so only sigwait below receives them. */
     sigemptyset(&sigs);
