@@ -688,26 +688,9 @@ static int lg_connect_one(struct lg_run *run, char *err, size_t errlen)
             close(fd);
         return -e;
     }
-    char host[256];
-    const char *colon = strrchr(run->o.tcp, ':');
-    size_t hlen = colon ? (size_t)(colon - run->o.tcp) : 0;
-    if (!colon || hlen == 0 || hlen >= sizeof(host)) {
-        snprintf(err, errlen, "expected HOST:PORT");
+    struct addrinfo *res;
+    if (tool_resolve(run->o.tcp, false, &res, err, errlen) < 0)
         return -EINVAL;
-    }
-    memcpy(host, run->o.tcp, hlen);
-    host[hlen] = '\0';
-    if (host[0] == '[' && hlen > 2 && host[hlen - 1] == ']') {
-        memmove(host, host + 1, hlen - 2);
-        host[hlen - 2] = '\0';
-    }
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
-    struct addrinfo *res = NULL;
-    int gai = getaddrinfo(host, colon + 1, &hints, &res);
-    if (gai != 0) {
-        snprintf(err, errlen, "%s", gai_strerror(gai));
-        return -EINVAL;
-    }
     int e = ECONNREFUSED;
     for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
         int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, 0);

@@ -1277,28 +1277,13 @@ static void mock_addr_text(struct mock_server *srv, int fd)
 
 static int mock_listen_tcp(struct mock_server *srv, const char *hostport, char *err, size_t errlen)
 {
-    char host[256];
-    const char *colon = strrchr(hostport, ':');
-    size_t hlen = colon ? (size_t)(colon - hostport) : 0;
-    if (!colon || hlen == 0 || hlen >= sizeof(host) || colon[1] == '\0') {
+    struct addrinfo *res;
+    if (!strchr(hostport, ':')) {
         snprintf(err, errlen, "expected HOST:PORT or unix:/path");
         return -EINVAL;
     }
-    memcpy(host, hostport, hlen);
-    host[hlen] = '\0';
-    if (host[0] == '[' && hlen > 2 && host[hlen - 1] == ']') { /* [::1]:port */
-        memmove(host, host + 1, hlen - 2);
-        host[hlen - 2] = '\0';
-    }
-    struct addrinfo hints = {.ai_family = AF_UNSPEC,
-                             .ai_socktype = SOCK_STREAM,
-                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
-    struct addrinfo *res = NULL;
-    int gai = getaddrinfo(host, colon + 1, &hints, &res);
-    if (gai != 0) {
-        snprintf(err, errlen, "%s", gai_strerror(gai));
+    if (tool_resolve(hostport, true, &res, err, errlen) < 0)
         return -EINVAL;
-    }
     int e = EADDRNOTAVAIL;
     for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
         int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
