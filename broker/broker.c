@@ -18,7 +18,9 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,6 +36,12 @@
 #define LISTEN_BACKLOG 4096
 #define UDL_ACCEPT 1
 #define UDL_SIGNAL 2
+#define UDL_BACKOFF 3
+/* Out of descriptors: accepting again at once would spin (the multishot
+ * accept ends on every EMFILE). Wait, doubling from the first to the last
+ * figure, and start over once an accept succeeds. */
+#define ACCEPT_BACKOFF_MIN_MS 10
+#define ACCEPT_BACKOFF_MAX_MS 1000
 
 static int resolve_backend(struct backend *be, char *err, size_t errlen)
 {
@@ -247,18 +255,58 @@ static void arm_signal(struct io_uring *ring, int sfd, struct signalfd_siginfo *
     io_uring_sqe_set_data64(sqe, UDL_SIGNAL);
 }
 
-/* Refuse a client over max_clients with one clear line, then close. */
-static void refuse_client(int fd, uint32_t max)
+/* Refuse a client with one clear line (a trusted message), then close. */
+static void refuse_client(int fd, const char *why)
 {
-    char line[200];
+    char line[256];
     int n = snprintf(line, sizeof line,
                      "{\"id\":null,\"status\":\"error\",\"error\":{\"code\":\"overloaded\","
-                     "\"message\":\"too many clients (max_clients %u)\"}}\n",
-                     max);
+                     "\"message\":\"%s\"}}\n",
+                     why);
     if (n > 0 && write(fd, line, (size_t)n) < 0) {
         /* the client is gone already: nothing else to do */
     }
     close(fd);
+}
+
+static void refuse_max_clients(int fd, uint32_t max)
+{
+    char why[96];
+    snprintf(why, sizeof why, "too many clients (max_clients %u)", max);
+    refuse_client(fd, why);
+}
+
+/* Descriptor reserve: one fd held open so that, when the process runs out,
+ * it can be given up to accept the oldest waiting client and tell it why,
+ * instead of leaving every client hanging in the backlog. */
+struct fd_reserve {
+    int fd;
+};
+
+static void reserve_take(struct fd_reserve *r)
+{
+    if (r->fd < 0)
+        r->fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+}
+
+static void on_out_of_fds(struct broker *b, struct fd_reserve *r, int err)
+{
+    static struct log_ratelimit rl = LOG_RATELIMIT_INIT("accept_emfile", 1, 2);
+    LOG_RATELIMITED_BY(&rl, LOG_LEVEL_ERROR,
+                       "out of file descriptors: refusing clients until some are free "
+                       "(raise the limit with ulimit -n / LimitNOFILE, or lower max_clients)",
+                       LOG_ERRNO(err), LOG_UINT("max_clients", b->cfg.max_clients));
+    if (r->fd < 0)
+        return;
+    close(r->fd);
+    r->fd = -1;
+    /* Only this thread accepts, and its accept has ended: a client seen
+     * waiting by poll is still there for accept4, which cannot block. */
+    struct pollfd pfd = {.fd = b->listen_fd, .events = POLLIN};
+    int fd = poll(&pfd, 1, 0) == 1 ? accept4(b->listen_fd, NULL, NULL, SOCK_CLOEXEC) : -1;
+    if (fd >= 0)
+        refuse_client(fd, "the broker is out of file descriptors; try again later");
+    reserve_take(r);
 }
 
 static void on_accept(struct broker *b, int fd, uint32_t *next, bool *wake)
@@ -269,7 +317,7 @@ static void on_accept(struct broker *b, int fd, uint32_t *next, bool *wake)
         atomic_fetch_sub_explicit(&b->nclients, 1, memory_order_relaxed);
         LOG_RATELIMITED_BY(&rl, LOG_LEVEL_WARN, "refusing client: max_clients reached",
                            LOG_UINT("max_clients", b->cfg.max_clients));
-        refuse_client(fd, b->cfg.max_clients);
+        refuse_max_clients(fd, b->cfg.max_clients);
         return;
     }
     for (uint32_t tries = 0; tries < b->nworkers; tries++) {
@@ -280,7 +328,16 @@ static void on_accept(struct broker *b, int fd, uint32_t *next, bool *wake)
         }
     }
     atomic_fetch_sub_explicit(&b->nclients, 1, memory_order_relaxed);
-    refuse_client(fd, b->cfg.max_clients);
+    refuse_client(fd, "every worker's queue of new clients is full");
+}
+
+static void arm_backoff(struct io_uring *ring, struct __kernel_timespec *ts, uint32_t ms)
+{
+    ts->tv_sec = ms / 1000;
+    ts->tv_nsec = (long long)(ms % 1000) * 1000000;
+    struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+    io_uring_prep_timeout(sqe, ts, 0, 0);
+    io_uring_sqe_set_data64(sqe, UDL_BACKOFF);
 }
 
 static int listener_loop(struct broker *b, struct io_uring *ring, int sfd)
@@ -288,6 +345,10 @@ static int listener_loop(struct broker *b, struct io_uring *ring, int sfd)
     struct signalfd_siginfo si;
     bool wake[256] = {0};
     uint32_t next = 0;
+    struct fd_reserve reserve = {-1};
+    struct __kernel_timespec backoff_ts;
+    uint32_t backoff_ms = 0; /* 0: accepting; else the wait before re-arming */
+    reserve_take(&reserve);
     arm_accept(ring, b->listen_fd);
     arm_signal(ring, sfd, &si);
     while (!atomic_load_explicit(&b->stopping, memory_order_relaxed)) {
@@ -303,12 +364,32 @@ static int listener_loop(struct broker *b, struct io_uring *ring, int sfd)
             seen++;
             uint64_t ud = io_uring_cqe_get_data64(cqe);
             if (ud == UDL_ACCEPT) {
-                if (cqe->res >= 0)
-                    on_accept(b, cqe->res, &next, wake);
-                else if (cqe->res != -EINTR && cqe->res != -EAGAIN)
-                    log_write(LOG_LEVEL_WARN, "accept failed", LOG_ERRNO(cqe->res));
-                if (!(cqe->flags & IORING_CQE_F_MORE))
+                int res = cqe->res;
+                bool out_of_fds = res == -EMFILE || res == -ENFILE || res == -ENOBUFS ||
+                                  res == -ENOMEM;
+                if (res >= 0) {
+                    on_accept(b, res, &next, wake);
+                    backoff_ms = 0;
+                    reserve_take(&reserve); /* given up earlier: take it back */
+                } else if (out_of_fds) {
+                    on_out_of_fds(b, &reserve, -res);
+                } else if (res != -EINTR && res != -EAGAIN && res != -ECONNABORTED) {
+                    static struct log_ratelimit rl = LOG_RATELIMIT_INIT("accept_failed", 1, 5);
+                    LOG_RATELIMITED_BY(&rl, LOG_LEVEL_WARN, "accept failed", LOG_ERRNO(-res));
+                }
+                if (cqe->flags & IORING_CQE_F_MORE) {
+                    /* still armed */
+                } else if (out_of_fds) {
+                    backoff_ms = backoff_ms ? backoff_ms * 2 : ACCEPT_BACKOFF_MIN_MS;
+                    if (backoff_ms > ACCEPT_BACKOFF_MAX_MS)
+                        backoff_ms = ACCEPT_BACKOFF_MAX_MS;
+                    arm_backoff(ring, &backoff_ts, backoff_ms);
+                } else {
                     arm_accept(ring, b->listen_fd);
+                }
+            } else if (ud == UDL_BACKOFF) {
+                reserve_take(&reserve);
+                arm_accept(ring, b->listen_fd);
             } else if (ud == UDL_SIGNAL) {
                 if (cqe->res == (int)sizeof si &&
                     (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT)) {
@@ -332,6 +413,8 @@ static int listener_loop(struct broker *b, struct io_uring *ring, int sfd)
                 wake[i] = false;
             }
     }
+    if (reserve.fd >= 0)
+        close(reserve.fd);
     return 0;
 }
 
@@ -377,6 +460,8 @@ int broker_run(struct broker *b)
         unlink(b->cfg.listen);
         b->listen_unlink = false;
     }
+    /* Before the messages: a worker reads it once it has drained. */
+    atomic_store_explicit(&b->nstarted, started, memory_order_release);
     for (uint32_t i = 0; i < started; i++)
         post_msg(&ring, b->workers[i], BROKER_MSG_SHUTDOWN);
     io_uring_submit(&ring);

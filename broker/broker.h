@@ -85,10 +85,19 @@ struct broker {
     _Atomic uint32_t nclients; /* connected clients, for max_clients */
     _Atomic uint32_t inflight; /* requests in flight, for rate_limit.max_inflight */
     _Atomic bool stopping;
+    /* Shutdown barrier: a worker that has nothing left stays in its loop
+     * (returning stray slots to the pool) until every started worker has
+     * nothing left, so no slot is stranded in a ring nobody reads. */
+    _Atomic uint32_t nstarted, nfinished;
 };
 
 /* Message kinds posted to a worker's ring with IORING_OP_MSG_RING. */
-enum broker_msg { BROKER_MSG_NEWCONN = 1, BROKER_MSG_SHUTDOWN = 2, BROKER_MSG_HANDOFF = 3 };
+enum broker_msg {
+    BROKER_MSG_NEWCONN = 1,
+    BROKER_MSG_SHUTDOWN = 2,
+    BROKER_MSG_HANDOFF = 3,
+    BROKER_MSG_EXIT = 4, /* every worker is finished: leave the loop */
+};
 
 /* Build everything from cfg (taken over: the broker destroys it). Binds the
  * client socket. Returns 0 or -errno with a message in err. */

@@ -5,7 +5,7 @@
  *   - every slot is in exactly one place: idle, spare, or held by one owner
  *     (a thread, or a token's owner after a handoff);
  *   - `waiting` counts tokens pushed and not yet popped, so it bounds the
- *     waiter ring and enforces max_queue;
+ *     waiter ring; `waiting - stale` (live waiters) enforces max_queue;
  *   - after any release or acquire returns, either no token waits or no
  *     slot is free (no lost wake-up), thanks to the paired seq_cst fences.
  */
@@ -31,9 +31,12 @@ int pool_init(struct pool *p, uint32_t size, uint32_t max_queue, pool_handoff_fn
         goto err;
     if ((rc = ring_mpmc_init(&p->spare, size)) < 0)
         goto err_idle;
-    /* max_queue 0: nobody ever waits (the ring still needs one cell). */
-    if ((rc = ring_mpmc_init(&p->waiters, max_queue ? max_queue : 1)) < 0)
+    /* max_queue 0: nobody ever waits (the ring still needs one cell). Else
+     * room for as many stale tokens as live ones, at least 64 (pool.h). */
+    uint64_t cap = max_queue ? (uint64_t)max_queue + (max_queue > 64 ? max_queue : 64) : 1;
+    if ((rc = ring_mpmc_init(&p->waiters, (uint32_t)cap)) < 0)
         goto err_spare;
+    p->ring_cap = (uint32_t)cap;
     for (uint32_t i = 0; i < size; i++) {
         p->slots[i].index = i;
         p->slots[i].fd = -1;
@@ -142,8 +145,13 @@ enum pool_result pool_acquire(struct pool *p, uint64_t token, struct pool_slot *
         *out = s;
         return POOL_GOT;
     }
-    /* Relaxed RMW: the counter only bounds the queue; the ring orders data. */
-    if (atomic_fetch_add_explicit(&p->waiting, 1, memory_order_relaxed) >= p->max_queue) {
+    /* Relaxed RMW: the counters only bound the queue; the ring orders data.
+     * `stale` may briefly exceed `waiting` (a stale token popped, its owner
+     * not told yet): live waiters are then counted as 0, which admits at
+     * most one extra waiter per slot in flight. */
+    uint32_t occ = atomic_fetch_add_explicit(&p->waiting, 1, memory_order_relaxed);
+    uint32_t stale = atomic_load_explicit(&p->stale, memory_order_relaxed);
+    if (p->max_queue == 0 || occ >= p->ring_cap || (occ >= stale && occ - stale >= p->max_queue)) {
         atomic_fetch_sub_explicit(&p->waiting, 1, memory_order_relaxed);
         atomic_fetch_add_explicit(&p->n_overloaded, 1, memory_order_relaxed);
         return POOL_OVERLOADED;
@@ -159,6 +167,16 @@ enum pool_result pool_acquire(struct pool *p, uint64_t token, struct pool_slot *
     if (s)
         dispatch_free(p, s); /* serves the oldest waiter, which may be us */
     return POOL_QUEUED;
+}
+
+void pool_cancel_wait(struct pool *p)
+{
+    atomic_fetch_add_explicit(&p->stale, 1, memory_order_relaxed);
+}
+
+void pool_stale_returned(struct pool *p)
+{
+    atomic_fetch_sub_explicit(&p->stale, 1, memory_order_relaxed);
 }
 
 void pool_release(struct pool *p, struct pool_slot *s)
@@ -178,6 +196,9 @@ void pool_stats_read(struct pool *p, struct pool_stats *out)
     out->handoffs = atomic_load_explicit(&p->n_handoffs, memory_order_relaxed);
     out->overloaded = atomic_load_explicit(&p->n_overloaded, memory_order_relaxed);
     out->double_holds = atomic_load_explicit(&p->n_double, memory_order_relaxed);
-    out->waiting = atomic_load_explicit(&p->waiting, memory_order_relaxed);
+    uint32_t occ = atomic_load_explicit(&p->waiting, memory_order_relaxed);
+    uint32_t stale = atomic_load_explicit(&p->stale, memory_order_relaxed);
+    out->waiting = occ > stale ? occ - stale : 0;
+    out->stale = stale;
     out->idle = ring_mpmc_size(&p->idle);
 }

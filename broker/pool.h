@@ -23,6 +23,18 @@
  * other. Tokens are values, never pointers, so a stale token (its request
  * already timed out) is harmless: its owner gets the slot and releases it.
  *
+ * Stale tokens and max_queue: a token cannot be taken out of the middle of
+ * the ring, so a waiter that gives up (timeout, shutdown) leaves its token
+ * behind until a release pops it. Such tokens must not count against
+ * max_queue, or a few timeouts behind a busy backend would refuse requests
+ * while nothing waits. The owner says so: pool_cancel_wait() when it stops
+ * waiting, pool_stale_returned() when the stale token's slot reaches it
+ * (which it then releases). Live waiters = tokens in the ring - stale ones;
+ * max_queue bounds the live ones, and the ring has room for as many stale
+ * tokens again (at least 64) before it refuses: stale tokens drain at the
+ * rate slots are released, so only a pool whose every slot hangs for many
+ * waiter timeouts can fill that room.
+ *
  * Each slot also carries a `held` flag set with an atomic exchange on every
  * acquisition: it is a tripwire, not a lock. A non-zero previous value is
  * counted in stats.double_holds, which tests assert stays 0.
@@ -58,7 +70,8 @@ struct pool_stats {
     uint64_t handoffs;       /* slots handed directly to a waiter */
     uint64_t overloaded;     /* refused: queue full */
     uint64_t double_holds;   /* must stay 0 */
-    uint32_t waiting;        /* tokens in the queue now (incl. stale ones) */
+    uint32_t waiting;        /* live waiters now (stale tokens not counted) */
+    uint32_t stale;          /* tokens in the ring whose owner stopped waiting */
     uint32_t idle;           /* connected idle slots now */
 };
 
@@ -71,7 +84,9 @@ struct pool {
     struct ring_mpmc waiters;
     pool_handoff_fn handoff;
     void *handoff_arg;
-    alignas(RING_CACHELINE) _Atomic uint32_t waiting;
+    uint32_t ring_cap;       /* waiter ring capacity: max_queue + stale room */
+    alignas(RING_CACHELINE) _Atomic uint32_t waiting; /* tokens in the ring */
+    _Atomic uint32_t stale;  /* of which their owners stopped waiting */
     _Atomic uint64_t n_idle, n_spare, n_queued, n_handoffs, n_overloaded, n_double;
 };
 
@@ -90,9 +105,19 @@ void pool_destroy(struct pool *p);
 /* POOL_GOT: *out is yours (connect first if (*out)->fd < 0).
  * POOL_QUEUED: token queued; handoff(token, slot) will be called, possibly
  *              before this returns and possibly on another thread.
- * POOL_OVERLOADED: the waiter queue is full; nothing was queued.
+ * POOL_OVERLOADED: max_queue live waiters (or the ring is full of stale
+ *                  tokens); nothing was queued.
  * token must be non-zero. */
 enum pool_result pool_acquire(struct pool *p, uint64_t token, struct pool_slot **out);
+
+/* The owner of a queued token stopped waiting before its slot came (its
+ * request timed out or was failed): the token no longer counts against
+ * max_queue. Call at most once per POOL_QUEUED, never after the handoff. */
+void pool_cancel_wait(struct pool *p);
+
+/* A slot reached a token its owner had cancelled with pool_cancel_wait: call
+ * once for it (then release the slot). */
+void pool_stale_returned(struct pool *p);
 
 /* Give a held slot back (fd >= 0: connected, reusable; fd < 0: closed). If a
  * token waits, the slot goes straight to it through handoff. */

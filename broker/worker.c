@@ -53,8 +53,14 @@
 #define REQ_MAX_CHUNKS 4096u /* 1M requests per worker, far above max_inflight */
 #define BCONN_IN_KEEP (256u * 1024u) /* shrink reply buffers above this on release */
 #define RECV_CHUNK (64u * 1024u)
+/* After shutdown_grace_ms, answers already written get this long to reach
+ * clients that read them; then every client is closed. */
+#define SHUTDOWN_FLUSH_NS (1000u * 1000000u)
 
-enum req_state { REQ_FREE, REQ_QUEUED, REQ_ACTIVE };
+/* NEW: admitted, not in a pool queue; QUEUED: its token waits in the pool
+ * (leaving that state without the handoff calls pool_cancel_wait); ACTIVE:
+ * holds a slot. */
+enum req_state { REQ_FREE, REQ_NEW, REQ_QUEUED, REQ_ACTIVE };
 
 struct client;
 
@@ -133,6 +139,12 @@ struct worker {
     bool draining;
     uint64_t grace_deadline_ns;
     bool grace_expired;
+    uint64_t flush_deadline_ns; /* after the grace: last chance to send answers */
+    bool force_close;           /* past it: close every client, read or not */
+    bool finished;              /* counted in b->nfinished */
+    bool exit_now;              /* every worker finished */
+    uint32_t nattached;         /* backend slots held (bconn attached) */
+    struct bconn *cqe_bc;       /* bconn whose completion is being handled */
     struct proto_limits limits;
 };
 
@@ -307,6 +319,8 @@ static void timer_sync(struct worker *w)
     uint64_t want = w->heap_len ? w->heap[0]->key_ns : 0;
     if (w->draining && !w->grace_expired && (!want || w->grace_deadline_ns < want))
         want = w->grace_deadline_ns;
+    if (w->grace_expired && !w->force_close && (!want || w->flush_deadline_ns < want))
+        want = w->flush_deadline_ns;
     if (!want || (w->timer_armed_ns && w->timer_armed_ns <= want))
         return; /* nothing to wait for, or an earlier timer already fires */
     ns_to_ts(want, &w->timer_ts);
@@ -438,11 +452,12 @@ static void bconn_close_fd(struct bconn *bc)
 /* The single release point: once no request uses the connection and no
  * operation on it is in flight, give the slot back - closed first when it is
  * doomed, so the pool hands out an unconnected slot, never a poisoned one. */
-static void bconn_settle(struct bconn *bc)
+static void bconn_settle(struct worker *w, struct bconn *bc)
 {
     if (!bc->attached || bc->req || bc->ops)
         return;
     bc->attached = false;
+    w->nattached--;
     if (bc->doomed)
         bconn_close_fd(bc);
     bc->doomed = false;
@@ -450,6 +465,7 @@ static void bconn_settle(struct bconn *bc)
     if (bc->in.cap > BCONN_IN_KEEP)
         proto_buf_free(&bc->in);
     bc->idle_since_ns = now_ns();
+    /* Last touch: from here another worker may hold the slot and bc. */
     pool_release(&bc->be->pool, bc->slot);
 }
 
@@ -492,8 +508,13 @@ static void req_done(struct worker *w, struct req *r)
         if (bc->ops)
             bconn_doom(bc); /* answered early (deadline, shutdown): never reuse */
         bc->req = NULL;
-        bconn_settle(bc);
+        /* Inside that connection's own completion, on_backend_cqe settles
+         * it last: nothing of it may be read after the slot is given back. */
+        if (bc != w->cqe_bc)
+            bconn_settle(w, bc);
     }
+    if (r->state == REQ_QUEUED)
+        pool_cancel_wait(&r->be->pool); /* gave up waiting: not a live waiter now */
     req_release(w, r);
     client_maybe_resume(w, c);
 }
@@ -595,6 +616,7 @@ static void req_start(struct worker *w, struct req *r, struct pool_slot *slot)
     r->sent = 0;
     bc->req = r;
     bc->attached = true;
+    w->nattached++;
     bc->doomed = false;
     bc->sent = false;
     bc->got_reply = false;
@@ -666,7 +688,14 @@ static void on_backend_recv(struct worker *w, struct bconn *bc, int res)
     bc->in.len += (size_t)res;
     size_t used = 0;
     int fr = frame_feed(&bc->scan, bc->in.data + old, (size_t)res, &used);
-    if (fr == FRAME_DONE) {
+    /* The reply's own size, whether it completed in this chunk or not. */
+    size_t reply_len = fr == FRAME_DONE ? old + used : bc->in.len;
+    if (fr >= 0 && reply_len > cfg->max_response_bytes) {
+        bconn_doom(bc);
+        req_fail(w, r, PROTO_BAD_BACKEND_RESPONSE,
+                 "backend %s reply exceeds max_response_bytes (%llu)", cfg->name,
+                 (unsigned long long)cfg->max_response_bytes);
+    } else if (fr == FRAME_DONE) {
         size_t rest = (size_t)res - used;
         if (frame_ws_span(bc->in.data + old + used, rest) < rest)
             bc->doomed = true; /* extra bytes: answer this one, never reuse the connection */
@@ -675,11 +704,6 @@ static void on_backend_recv(struct worker *w, struct bconn *bc, int res)
         bconn_doom(bc);
         req_fail(w, r, PROTO_BAD_BACKEND_RESPONSE, "backend %s sent invalid JSON: %s at byte %llu",
                  cfg->name, frame_strerror(fr), (unsigned long long)frame_error_offset(&bc->scan));
-    } else if (bc->in.len > cfg->max_response_bytes) {
-        bconn_doom(bc);
-        req_fail(w, r, PROTO_BAD_BACKEND_RESPONSE,
-                 "backend %s reply exceeds max_response_bytes (%llu)", cfg->name,
-                 (unsigned long long)cfg->max_response_bytes);
     } else {
         bconn_arm_recv(w, bc);
     }
@@ -729,13 +753,15 @@ static void on_backend_cqe(struct worker *w, uint64_t ud, int res)
     enum bop k;
     struct bconn *bc = bop_decode(ud, &k);
     bc->ops--;
+    w->cqe_bc = bc;
     if (k == BOP_CONNECT)
         on_backend_connect(w, bc, res);
     else if (k == BOP_SEND)
         on_backend_send(w, bc, res);
     else
         on_backend_recv(w, bc, res);
-    bconn_settle(bc);
+    w->cqe_bc = NULL;
+    bconn_settle(w, bc); /* the one release point of a completion */
 }
 
 /* ---- slot handoffs ----------------------------------------------------- */
@@ -755,9 +781,12 @@ static void handoff_receive(struct worker *w, uint64_t token, struct pool_slot *
          * read the answer, so the backend must not run the command (it may
          * change the scene) nor spend the connection on it. */
         atomic_fetch_add_explicit(&r->be->stats.abandoned, 1, memory_order_relaxed);
+        r->state = REQ_NEW; /* its wait ended with this handoff, not a cancel */
         req_done(w, r);
+    } else {
+        /* Its request stopped waiting (pool_cancel_wait) before the slot came. */
+        pool_stale_returned(&bc->be->pool);
     }
-    bc->attached = false;
     pool_release(&bc->be->pool, slot);
 }
 
@@ -767,29 +796,28 @@ void worker_pool_handoff(void *arg, uint64_t token, struct pool_slot *slot)
     struct broker *b = arg;
     struct worker *me = tl_worker;
     uint32_t target = (uint32_t)(token & 0xffu);
+    struct bconn *bc = slot->ctx;
+    struct worker *t = target < b->nworkers ? b->workers[target] : NULL;
     if (me && target == me->id) {
         /* Same worker: no syscall, processed after this round's completions
          * (not here: we may be deep inside another request's completion). */
         if (me->nhandoffs == me->handoffs_cap) {
             uint32_t cap = me->handoffs_cap ? me->handoffs_cap * 2 : 64;
             struct handoff *h = realloc(me->handoffs, cap * sizeof *h);
-            if (!h) {
-                pool_release(&((struct bconn *)slot->ctx)->be->pool, slot);
-                return; /* the waiter's deadline will answer it */
-            }
+            if (!h)
+                goto post; /* out of memory: through our own ring instead */
             me->handoffs = h;
             me->handoffs_cap = cap;
         }
         me->handoffs[me->nhandoffs++] = (struct handoff){token, slot};
         return;
     }
-    struct bconn *bc = slot->ctx;
-    struct worker *t = target < b->nworkers ? b->workers[target] : NULL;
     if (!me || !t || worker_exited(t)) {
         /* Not a worker thread, or the token's worker finished: stale. */
         pool_release(&bc->be->pool, slot);
         return;
     }
+post:;
     struct io_uring_sqe *sqe = get_sqe(me);
     /* MSG_RING: the target's CQE carries kind and token in user_data and the
      * slot (backend << 16 | index) in res. Only a failure posts a CQE here. */
@@ -863,6 +891,7 @@ static void handle_line(struct worker *w, struct client *c, const char *line, si
         client_emit_errorf(w, c, &rq.id, PROTO_OVERLOADED, "out of request slots");
         return;
     }
+    r->state = REQ_NEW;
     r->c = c;
     r->be = be;
     r->bc = NULL;
@@ -897,21 +926,29 @@ static void handle_line(struct worker *w, struct client *c, const char *line, si
     case POOL_QUEUED:
         break;
     case POOL_OVERLOADED:
+        r->state = REQ_NEW; /* never queued */
         req_fail(w, r, PROTO_OVERLOADED, "backend %s: all %u connections busy and %u requests queued (max_queue)",
                  bcfg->name, bcfg->pool_size, bcfg->max_queue);
         break;
     }
 }
 
-/* Parse every complete line we may take now. */
+/* Parse every complete line we may take now. What stays in c->in is
+ * either complete lines the client may not send yet (paused: they wait, and
+ * are never mistaken for one over-long line) or the start of one line. */
 static void client_process(struct worker *w, struct client *c)
 {
     uint64_t max = w->b->cfg.max_request_bytes;
     size_t pos = 0;
-    while (pos < c->in_len && !c->dead && !client_paused(w, c)) {
-        char *nl = memchr(c->in + pos, '\n', c->in_len - pos);
-        if (!nl)
+    bool partial = false; /* stopped at a line without its newline */
+    while (pos < c->in_len && !c->dead) {
+        if (client_paused(w, c))
             break;
+        char *nl = memchr(c->in + pos, '\n', c->in_len - pos);
+        if (!nl) {
+            partial = true;
+            break;
+        }
         size_t len = (size_t)(nl - (c->in + pos));
         if (c->skipping)
             c->skipping = false; /* the tail of an over-long line ends here */
@@ -923,6 +960,8 @@ static void client_process(struct worker *w, struct client *c)
         memmove(c->in, c->in + pos, c->in_len - pos);
         c->in_len -= pos;
     }
+    if (!partial)
+        return;
     if (c->skipping) {
         c->in_len = 0; /* still inside the over-long line: drop it */
     } else if (c->in_len > max) {
@@ -930,12 +969,19 @@ static void client_process(struct worker *w, struct client *c)
                            "request line exceeds max_request_bytes (%llu)", (unsigned long long)max);
         c->skipping = true;
         c->in_len = 0;
+    } else if (c->eof && !c->dead) {
+        /* The client finished sending without a final newline: its last
+         * line is still a request and gets its answer. */
+        handle_line(w, c, c->in, c->in_len);
+        c->in_len = 0;
     }
 }
 
 static void client_arm_recv(struct worker *w, struct client *c)
 {
-    if (c->recv_armed || c->eof || c->dead || c->closing || w->draining || client_paused(w, c))
+    /* Draining too: a client waiting for answers may still send lines, and
+     * each gets one (shutting_down); idle clients are closed instead. */
+    if (c->recv_armed || c->eof || c->dead || c->closing || client_paused(w, c))
         return;
     if (c->in_len == c->in_cap) {
         /* Room for one byte past the limit, so an over-long line shows. */
@@ -980,7 +1026,9 @@ static void client_free(struct worker *w, struct client *c)
 static bool client_check_close(struct worker *w, struct client *c)
 {
     bool idle = c->inflight == 0 && client_pending_out(c) == 0;
-    if (!c->closing && (c->dead || (idle && (c->eof || w->draining)))) {
+    /* force_close: the grace and the flush bound are over; a client that
+     * does not read its answers cannot hold the shutdown any longer. */
+    if (!c->closing && (c->dead || w->force_close || (idle && (c->eof || w->draining)))) {
         c->closing = true;
         /* Completes a pending recv/send at once (they return 0 or an error). */
         if (c->ops)
@@ -1107,8 +1155,14 @@ static void on_timer(struct worker *w)
     }
     if (w->draining && !w->grace_expired && now >= w->grace_deadline_ns) {
         w->grace_expired = true;
+        w->flush_deadline_ns = now + SHUTDOWN_FLUSH_NS;
         fail_all(w, PROTO_SHUTTING_DOWN,
                  "the broker is shutting down and the request did not finish in time");
+    }
+    if (w->grace_expired && !w->force_close && now >= w->flush_deadline_ns) {
+        w->force_close = true;
+        for (struct client *c = w->clients; c; c = c->next)
+            client_mark_dirty(w, c);
     }
 }
 
@@ -1133,10 +1187,20 @@ static void on_msg(struct worker *w, uint64_t ud, int res)
             for (struct client *c = w->clients; c; c = c->next)
                 client_mark_dirty(w, c); /* idle ones close now */
         }
+    } else if (kind == BROKER_MSG_EXIT) {
+        w->exit_now = true;
     } else if (kind == BROKER_MSG_HANDOFF) {
         uint32_t bi = (uint32_t)res >> 16, si = (uint32_t)res & 0xffffu;
-        if (bi < w->b->nbackends && si < w->b->backends[bi].pool.size)
-            handoff_receive(w, payload, &w->b->backends[bi].pool.slots[si]);
+        if (bi < w->b->nbackends && si < w->b->backends[bi].pool.size) {
+            struct pool_slot *slot = &w->b->backends[bi].pool.slots[si];
+            /* The kernel's MSG_RING orders the sender's writes before this
+             * completion, but the C memory model (and TSan) only know
+             * atomics: this acquire load reads the value the releaser's
+             * acq_rel exchange in mark_held (pool.c) wrote, so everything
+             * the slot's previous holder did happens-before our use. */
+            (void)atomic_load_explicit(&slot->held, memory_order_acquire);
+            handoff_receive(w, payload, slot);
+        }
     }
 }
 
@@ -1171,10 +1235,38 @@ static void dispatch(struct worker *w, struct io_uring_cqe *cqe)
     }
 }
 
+/* Nothing of ours left: no client, no request, no backend slot held (a
+ * doomed connection's last completion may still be on its way). */
 static bool worker_finished(struct worker *w)
 {
-    return w->draining && w->nclients == 0 && w->live_reqs == 0 &&
+    return w->draining && w->nclients == 0 && w->live_reqs == 0 && w->nattached == 0 &&
            ring_spsc_size(&w->inbox) == 0;
+}
+
+static void post_exit(struct worker *w, struct worker *t)
+{
+    struct io_uring_sqe *sqe = get_sqe(w);
+    io_uring_prep_msg_ring(sqe, t->ring_fd, 0, ((uint64_t)BROKER_MSG_EXIT << 3) | UD_MSG, 0);
+    io_uring_sqe_set_data64(sqe, UD_IGNORE);
+    sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+}
+
+/* The shutdown barrier (broker.h): a finished worker keeps serving stray
+ * handoffs (giving the slots back) until all are finished; the last one to
+ * finish wakes the others. */
+static void worker_mark_finished(struct worker *w)
+{
+    struct broker *b = w->b;
+    if (w->finished)
+        return;
+    w->finished = true;
+    uint32_t n = atomic_fetch_add_explicit(&b->nfinished, 1, memory_order_acq_rel) + 1;
+    if (n == atomic_load_explicit(&b->nstarted, memory_order_acquire)) {
+        for (uint32_t i = 0; i < n; i++)
+            if (b->workers[i] != w)
+                post_exit(w, b->workers[i]);
+        w->exit_now = true;
+    }
 }
 
 /* IORING_REGISTER_ENABLE_RINGS through the raw syscall: liburing 2.3 (what
@@ -1199,7 +1291,11 @@ static void *worker_main(void *arg)
         log_write(LOG_LEVEL_ERROR, "cannot enable worker ring", LOG_ERRNO(rc), LOG_UINT("worker", w->id));
         return NULL;
     }
-    while (!worker_finished(w)) {
+    for (;;) {
+        if (worker_finished(w))
+            worker_mark_finished(w);
+        if (w->exit_now)
+            break;
         rc = io_uring_submit_and_wait(&w->ring, 1);
         if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
             log_write(LOG_LEVEL_ERROR, "io_uring_submit_and_wait failed", LOG_ERRNO(rc));
@@ -1213,12 +1309,19 @@ static void *worker_main(void *arg)
             n++;
         }
         io_uring_cq_advance(&w->ring, n);
-        handoffs_run(w);
-        flush_dirty(w);
+        /* Until neither has work: parsing a client's lines (flush_dirty) can
+         * win a slot for one of our own queued requests (a local handoff),
+         * and a handoff can answer a client. Blocking with either pending
+         * would leave it to the next unrelated completion or a timer. */
+        do {
+            handoffs_run(w);
+            flush_dirty(w);
+        } while (w->nhandoffs || w->dirty);
         timer_sync(w);
     }
+    worker_mark_finished(w); /* after a ring failure too: never hold the others */
     atomic_store_explicit(&w->exited, true, memory_order_release);
-    io_uring_submit(&w->ring); /* pending handoff messages, if any */
+    io_uring_submit(&w->ring); /* pending handoff and exit messages, if any */
     return NULL;
 }
 

@@ -4,7 +4,7 @@ broker config builder, an NDJSON client, and a small case runner.
 
 Python 3 standard library only. Every wait is derived from SLOW, the slowness
 factor of the build under test (3 for sanitizer builds: a bin dir whose path
-contains "address" or "sanitize", or BROKER_TEST_SLOW=N in the environment).
+contains "address", "thread" or "sanitize", or BROKER_TEST_SLOW=N in the environment).
 """
 import argparse
 import json
@@ -33,7 +33,8 @@ def configure(bindir):
             SLOW = max(1.0, float(env))
         except ValueError:
             SLOW = 3.0
-    elif any(k in os.path.abspath(bindir) for k in ("address", "sanitize", "asan", "tsan")):
+    elif any(k in os.path.abspath(bindir)
+             for k in ("address", "thread", "sanitize", "asan", "tsan")):
         SLOW = 3.0
     else:
         SLOW = 1.0
