@@ -11,6 +11,8 @@ ROUNDS times in interleaved order:
   haproxy_c64  through HAProxy (mode tcp), 64 clients, so 64 backend
                connections: HAProxy cannot share a connection between clients
   haproxy_cN   through HAProxy, N clients on N backend connections
+  base_d1/d4   with --baseline-bin DIR: the same through DIR/brokerd (an
+               earlier build), to compare two versions in one run
 Interleaving spreads this VM's large run-to-run drift over all cases.
 
 For every run it prints loadgen's JSON line tagged with the case and round,
@@ -24,7 +26,7 @@ Blender's main thread does while it executes a command.
 
 usage: perf/broker_vs_direct.py [--bin build/bin] [--pool 8] [--seconds 3]
        [--rounds 3] [--workers 2|1,2] [--transport tcp|unix] [--work-us 0]
-       [--haproxy auto|off|PATH]
+       [--haproxy auto|off|PATH] [--baseline-bin OTHER/bin]
 """
 import argparse, json, os, re, resource, shutil, signal, statistics, subprocess, sys, tempfile, time
 
@@ -88,6 +90,8 @@ def main():
     ap.add_argument("--transport", choices=("tcp", "unix"), default="tcp")
     ap.add_argument("--work-us", type=int, default=0)
     ap.add_argument("--haproxy", default="auto", help="auto (if installed), off, or a path")
+    ap.add_argument("--baseline-bin", default=None,
+                    help="also run DIR/brokerd (cases base_...), e.g. a build of the last release")
     a = ap.parse_args()
     hap_exe = None
     if a.haproxy == "auto":
@@ -110,21 +114,26 @@ def main():
             ["--mode", "direct", "--connections", str(a.pool)]
         cases = {"direct": (direct, None)}
         workers = [int(x) for x in str(a.workers).split(",")]
-        for nw in workers:
-            sock = os.path.join(tmp, "b%d.sock" % nw)
-            cfg = {"listen": sock, "workers": nw, "log": {"level": "warn"},
-                   "backends": [{"name": "mock", "address": backend, "pool_size": a.pool}]}
-            cfg_path = os.path.join(tmp, "b%d.json" % nw)
-            with open(cfg_path, "w") as f:
-                json.dump(cfg, f)
-            broker = subprocess.Popen([os.path.join(a.bin, "brokerd"), "--config", cfg_path],
-                                      stderr=open(os.path.join(tmp, "brokerd%d.err" % nw), "w"))
-            procs.append(broker)
-            assert wait_for(lambda: os.path.exists(sock), 5), "brokerd did not start"
-            tag = "broker" if len(workers) == 1 else "broker_w%d" % nw
-            for depth in (1, 4):
-                cases["%s_d%d" % (tag, depth)] = (
-                    ["--unix", sock, "--connections", "64", "--depth", str(depth)], broker)
+        builds = [("broker", a.bin)]
+        if a.baseline_bin:
+            builds.append(("base", a.baseline_bin))
+        for name, bindir in builds:
+            for nw in workers:
+                sock = os.path.join(tmp, "%s%d.sock" % (name, nw))
+                cfg = {"listen": sock, "workers": nw, "log": {"level": "warn"},
+                       "backends": [{"name": "mock", "address": backend, "pool_size": a.pool}]}
+                cfg_path = os.path.join(tmp, "%s%d.json" % (name, nw))
+                with open(cfg_path, "w") as f:
+                    json.dump(cfg, f)
+                broker = subprocess.Popen(
+                    [os.path.join(bindir, "brokerd"), "--config", cfg_path],
+                    stderr=open(os.path.join(tmp, "%s%d.err" % (name, nw)), "w"))
+                procs.append(broker)
+                assert wait_for(lambda: os.path.exists(sock), 5), "brokerd did not start"
+                tag = name if len(workers) == 1 else "%s_w%d" % (name, nw)
+                for depth in (1, 4):
+                    cases["%s_d%d" % (tag, depth)] = (
+                        ["--unix", sock, "--connections", "64", "--depth", str(depth)], broker)
         if hap_exe:
             hap, hsock = start_haproxy(hap_exe, tmp, backend, max(workers), procs)
             cases["haproxy_c64"] = (["--unix", hsock, "--mode", "direct", "--connections", "64"],

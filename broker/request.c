@@ -1,0 +1,292 @@
+/*
+ * request.c - a request's way through the worker, and its answer.
+ *
+ * The way, in request_line(): parse (proto.c) -> route (backend) -> admit
+ * (shutdown, rate_limit.max_inflight) -> build the backend request once,
+ * pure ASCII, into req->breq -> deadline -> pool: take a backend slot
+ * (bconn_start) or wait for one in the backend's FIFO queue (handoff.c).
+ *
+ * The answer: every request ends in exactly one of req_answer_reply (the
+ * backend answered) or req_fail (an error of ours: timeout, unavailable,
+ * overloaded, shutting_down, ...), and both end in req_done, which retires
+ * it: off the deadline heap, out of the in-flight counts, its backend
+ * connection doomed if an operation is still in flight (answered early:
+ * never reused), its pool wait cancelled if it was still queued.
+ *
+ * Requests live in chunks of REQ_CHUNK allocated on demand and never freed
+ * before the worker: a request is found again by index and generation
+ * (handoff tokens are values, never pointers).
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "worker.h"
+
+struct req *req_at(struct worker *w, uint32_t idx)
+{
+    uint32_t chunk = idx / REQ_CHUNK;
+    if (chunk >= w->nchunks)
+        return NULL;
+    return &w->chunks[chunk][idx % REQ_CHUNK];
+}
+
+static struct req *req_alloc(struct worker *w)
+{
+    if (!w->free_reqs) {
+        if (w->nchunks == REQ_MAX_CHUNKS)
+            return NULL;
+        struct req *chunk = calloc(REQ_CHUNK, sizeof *chunk);
+        if (!chunk)
+            return NULL;
+        for (uint32_t i = REQ_CHUNK; i-- > 0;) {
+            chunk[i].idx = w->nchunks * REQ_CHUNK + i;
+            chunk[i].gen = 1;
+            chunk[i].heap_idx = UINT32_MAX;
+            chunk[i].next_free = w->free_reqs;
+            w->free_reqs = &chunk[i];
+        }
+        w->chunks[w->nchunks++] = chunk;
+    }
+    struct req *r = w->free_reqs;
+    w->free_reqs = r->next_free;
+    w->live_reqs++;
+    return r;
+}
+
+static void req_release(struct worker *w, struct req *r)
+{
+    r->state = REQ_FREE;
+    r->gen = (r->gen + 1) & 0xffffffu;
+    if (r->gen == 0)
+        r->gen = 1;
+    r->c = NULL;
+    r->bc = NULL;
+    r->be = NULL;
+    r->breq.len = 0;
+    if (r->breq.cap > 64u * 1024u)
+        proto_buf_free(&r->breq); /* keep small buffers for reuse only */
+    r->next_free = w->free_reqs;
+    w->free_reqs = r;
+    w->live_reqs--;
+}
+
+/* The request is answered (the caller wrote the response): detach it. */
+void req_done(struct worker *w, struct req *r)
+{
+    struct client *c = r->c;
+    struct bconn *bc = r->bc;
+    deadline_remove(w, r);
+    atomic_fetch_sub_explicit(&w->b->inflight, 1, memory_order_relaxed);
+    c->inflight--;
+    if (bc) {
+        if (bc->ops)
+            bconn_doom(bc); /* answered early (deadline, shutdown): never reuse */
+        bc->req = NULL;
+        /* Inside that connection's own completion, bconn_on_cqe settles
+         * it last: nothing of it may be read after the slot is given back. */
+        if (bc != w->cqe_bc)
+            bconn_settle(w, bc);
+    }
+    if (r->state == REQ_QUEUED)
+        pool_cancel_wait(&r->be->pool); /* gave up waiting: not a live waiter now */
+    req_release(w, r);
+    client_mark_dirty(w, c);
+}
+
+void req_fail(struct worker *w, struct req *r, enum proto_code code, const char *fmt, ...)
+{
+    char msg[PROTO_MESSAGE_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    size_t len = msg_vformat(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    struct proto_span id = req_id(r);
+    client_emit_error(w, r->c, &id, code, msg, len, 0);
+    if (code == PROTO_TIMEOUT)
+        atomic_fetch_add_explicit(&r->be->stats.timeouts, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&r->be->stats.errors, 1, memory_order_relaxed);
+    req_done(w, r);
+}
+
+/* The backend's answer, classified: a success passes its result on
+ * untouched; an error reply passes its message on, sanitised. */
+void req_answer_reply(struct worker *w, struct req *r, const struct proto_reply *rep)
+{
+    struct client *c = r->c;
+    struct proto_span id = req_id(r);
+    if (rep->kind == PROTO_REPLY_SUCCESS) {
+        if (!c->dead && proto_write_success(&c->out, &id, &rep->result, false) < 0)
+            c->dead = true; /* cannot buffer the answer: cut the client off, loudly */
+        client_mark_dirty(w, c);
+        atomic_fetch_add_explicit(&r->be->stats.ok, 1, memory_order_relaxed);
+    } else {
+        client_emit_error(w, c, &id, PROTO_BACKEND_ERROR, rep->message.ptr, rep->message.len,
+                          rep->message_flags);
+        atomic_fetch_add_explicit(&r->be->stats.errors, 1, memory_order_relaxed);
+    }
+    req_done(w, r);
+}
+
+/* parse: one line, one proto_request, or one error answer. */
+static bool req_parse(struct worker *w, struct client *c, const char *line, size_t len,
+                      struct proto_request *rq)
+{
+    static struct log_ratelimit rl_bad = LOG_RATELIMIT_INIT("bad_request", 10, 20);
+    struct proto_error pe;
+    if (proto_parse_request(line, len, &w->limits, rq, &pe) == 0)
+        return true;
+    LOG_RATELIMITED_BY(&rl_bad, LOG_LEVEL_INFO, "refused request line",
+                       LOG_STR("code", proto_code_name(pe.code), strlen(proto_code_name(pe.code))),
+                       LOG_STR("why", pe.msg, pe.msg_len), LOG_INT("fd", c->fd));
+    client_emit_error(w, c, pe.id.ptr ? &pe.id : NULL, pe.code, pe.msg, pe.msg_len, 0);
+    return false;
+}
+
+/* route: the named backend, or the first one. */
+static struct backend *req_route(struct worker *w, struct client *c, const struct proto_request *rq)
+{
+    struct broker *b = w->b;
+    if (!rq->backend.ptr)
+        return &b->backends[0];
+    const struct backend_config *bc =
+        config_find_backend(&b->cfg, rq->backend.ptr, rq->backend.len);
+    if (bc)
+        return &b->backends[bc - b->cfg.backends];
+    client_emit_errorf(w, c, &rq->id, PROTO_UNKNOWN_BACKEND, "no backend named \"%.*s\"",
+                       (int)rq->backend.len, rq->backend.ptr);
+    return NULL;
+}
+
+/* admit: not while shutting down, not past rate_limit.max_inflight. On
+ * true the request counts in b->inflight until req_done. */
+static bool req_admit(struct worker *w, struct client *c, const struct proto_request *rq)
+{
+    if (w->draining) {
+        client_emit_errorf(w, c, &rq->id, PROTO_SHUTTING_DOWN, "the broker is shutting down");
+        return false;
+    }
+    uint32_t cap = w->b->cfg.rate_limit.max_inflight;
+    if (atomic_fetch_add_explicit(&w->b->inflight, 1, memory_order_relaxed) >= cap) {
+        atomic_fetch_sub_explicit(&w->b->inflight, 1, memory_order_relaxed);
+        client_emit_errorf(w, c, &rq->id, PROTO_OVERLOADED,
+                           "the broker has %u requests in flight (rate_limit.max_inflight)", cap);
+        return false;
+    }
+    return true;
+}
+
+/* build: the request record, its backend bytes (written once, pure ASCII)
+ * and its deadline. NULL when it was answered already (an error). */
+static struct req *req_build(struct worker *w, struct client *c, struct backend *be,
+                             const struct proto_request *rq)
+{
+    struct req *r = req_alloc(w);
+    if (!r) {
+        atomic_fetch_sub_explicit(&w->b->inflight, 1, memory_order_relaxed);
+        client_emit_errorf(w, c, &rq->id, PROTO_OVERLOADED, "out of request slots");
+        return NULL;
+    }
+    r->state = REQ_NEW;
+    r->c = c;
+    r->be = be;
+    r->bc = NULL;
+    memcpy(r->id, rq->id.ptr, rq->id.len); /* <= PROTO_ID_MAX + quotes, parser-checked */
+    r->id_len = (uint8_t)rq->id.len;
+    c->inflight++;
+    const struct backend_config *bcfg = be->cfg;
+    int rc = proto_write_backend_request(&r->breq, &rq->type, &rq->params, rq->params_ascii);
+    if (rc == 0 && bcfg->framing == CONFIG_FRAMING_NDJSON)
+        rc = proto_buf_append_try(&r->breq, "\n", 1);
+    int64_t t = rq->timeout_ms ? (int64_t)rq->timeout_ms : bcfg->request_timeout_ms;
+    if (t > bcfg->max_request_timeout_ms)
+        t = bcfg->max_request_timeout_ms;
+    r->timeout_ms = (uint32_t)t;
+    r->deadline_ns = now_ns() + (uint64_t)t * 1000000u;
+    r->idle_ns = UINT64_MAX;
+    r->key_ns = r->deadline_ns;
+    if (rc == 0)
+        rc = deadline_push(w, r);
+    if (rc < 0) {
+        req_fail(w, r, rc == -EINVAL ? PROTO_BAD_REQUEST : PROTO_INTERNAL,
+                 rc == -EINVAL ? "params hold invalid UTF-8" : "out of memory");
+        return NULL;
+    }
+    return r;
+}
+
+/* pool: take a backend slot now, or wait in the backend's queue (handoff.c
+ * starts it when a slot comes), or overloaded. */
+static void req_to_pool(struct worker *w, struct req *r)
+{
+    const struct backend_config *bcfg = r->be->cfg;
+    /* QUEUED before acquiring: the token may be popped inside pool_acquire. */
+    r->state = REQ_QUEUED;
+    struct pool_slot *slot;
+    switch (pool_acquire(&r->be->pool, handoff_token(w, r), &slot)) {
+    case POOL_GOT:
+        bconn_start(w, r, slot);
+        break;
+    case POOL_QUEUED:
+        break;
+    case POOL_OVERLOADED:
+        r->state = REQ_NEW; /* never queued */
+        req_fail(w, r, PROTO_OVERLOADED,
+                 "backend %s: all %u connections busy and %u requests queued (max_queue)",
+                 bcfg->name, bcfg->pool_size, bcfg->max_queue);
+        break;
+    }
+}
+
+/* A request's way: each stage answers the line itself when it stops it. */
+void request_line(struct worker *w, struct client *c, const char *line, size_t len)
+{
+    struct proto_request rq;
+    if (frame_ws_span(line, len) == len)
+        return; /* blank line: not a request */
+    if (!req_parse(w, c, line, len, &rq))
+        return;
+    struct backend *be = req_route(w, c, &rq);
+    if (!be || !req_admit(w, c, &rq))
+        return;
+    struct req *r = req_build(w, c, be, &rq);
+    if (!r)
+        return;
+    req_to_pool(w, r);
+}
+
+void request_fail_all(struct worker *w, enum proto_code code, const char *msg)
+{
+    while (w->heap_len) {
+        struct req *r = w->heap[0];
+        req_fail(w, r, code, "%s", msg);
+    }
+}
+
+void request_expire(struct worker *w, uint64_t now)
+{
+    while (w->heap_len && w->heap[0]->key_ns <= now) {
+        struct req *r = w->heap[0];
+        if (r->deadline_ns > now)
+            req_fail(w, r, PROTO_TIMEOUT, "backend %s sent nothing for %lld ms", r->be->cfg->name,
+                     (long long)r->be->cfg->idle_timeout_ms);
+        else if (r->state == REQ_QUEUED)
+            req_fail(w, r, PROTO_TIMEOUT, "no connection to backend %s became free within %u ms",
+                     r->be->cfg->name, r->timeout_ms);
+        else
+            req_fail(w, r, PROTO_TIMEOUT, "backend %s did not answer within %u ms",
+                     r->be->cfg->name, r->timeout_ms);
+    }
+}
+
+void request_store_free(struct worker *w)
+{
+    for (uint32_t i = 0; i < w->nchunks; i++) {
+        for (uint32_t j = 0; j < REQ_CHUNK; j++)
+            proto_buf_free(&w->chunks[i][j].breq);
+        free(w->chunks[i]);
+    }
+    w->nchunks = 0;
+    w->free_reqs = NULL;
+}

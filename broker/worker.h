@@ -1,0 +1,229 @@
+/*
+ * worker.h - what the files of one worker share: its state, a client, a
+ * request, and the calls between the stages of a request's way.
+ *
+ * A request's way, one stage per file (all on the worker's own thread):
+ *
+ *   client.c    a client socket: read, split into lines, queue answers,
+ *               back-pressure, close
+ *   request.c   parse -> route -> admit -> pool: every line becomes one
+ *               request or one error; and the answer: one function per
+ *               outcome writes it and retires the request
+ *   handoff.c   a request that waits for a backend slot gets it: from this
+ *               worker's own release, or from another worker through
+ *               MSG_RING
+ *   bconn.c     a backend connection while a request holds it: connect,
+ *               send, receive, frame, classify, release
+ *   deadline.c  every request's deadline in one heap, one kernel timer
+ *   worker.c    the thread: the io_uring loop, completion dispatch, new
+ *               clients, shutdown
+ *
+ * Ownership: client and req memory is released only when no operation that
+ * refers to it is in flight (client->ops, bconn->ops), so no completion can
+ * ever carry a dangling pointer. Nothing here is touched by another thread,
+ * except through the pool's rings and MSG_RING.
+ */
+#ifndef BROKER_WORKER_H
+#define BROKER_WORKER_H
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <time.h>
+
+#include "broker.h"
+
+#define CLIENT_IN_INITIAL (16u * 1024u)
+#define REQ_CHUNK         256u
+#define REQ_MAX_CHUNKS    4096u /* 1M requests per worker, far above max_inflight */
+/* After shutdown_grace_ms, answers already written get this long to reach
+ * clients that read them; then every client is closed. */
+#define SHUTDOWN_FLUSH_NS (1000u * 1000000u)
+
+/* NEW: admitted, not in a pool queue; QUEUED: its token waits in the pool
+ * (leaving that state without the handoff calls pool_cancel_wait); ACTIVE:
+ * holds a slot. */
+enum req_state { REQ_FREE, REQ_NEW, REQ_QUEUED, REQ_ACTIVE };
+
+struct client;
+
+struct req {
+    uint32_t idx, gen;
+    enum req_state state;
+    struct client *c;
+    struct backend *be;
+    struct bconn *bc;
+    struct proto_buf breq; /* backend request bytes */
+    size_t sent;
+    uint64_t deadline_ns; /* overall request deadline */
+    uint64_t idle_ns;     /* backend idle deadline while reading, else UINT64_MAX */
+    uint64_t key_ns;      /* heap key: min(deadline_ns, idle_ns) */
+    uint32_t timeout_ms;
+    uint32_t heap_idx; /* position in the deadline heap, UINT32_MAX if none */
+    uint8_t id_len;
+    char id[PROTO_ID_MAX + 24];
+    struct req *next_free;
+};
+
+struct client {
+    struct worker *w;
+    int fd;
+    uint32_t ops;      /* recv/send/close operations in flight */
+    uint32_t inflight; /* requests not answered yet */
+    char *in;
+    size_t in_len, in_cap;
+    bool skipping; /* discarding an over-long line up to its newline */
+    bool recv_armed, send_armed;
+    bool eof;              /* peer finished sending */
+    bool dead;             /* peer gone or fatal error: discard output */
+    bool closing;          /* shutdown(2) issued, waiting for ops to drain */
+    bool dirty;            /* on the worker's dirty list: handled at the end of the round */
+    struct proto_buf out;  /* responses waiting to be sent */
+    struct proto_buf wbuf; /* responses being sent */
+    size_t woff;
+    struct client *prev, *next; /* all clients of the worker */
+    struct client *next_dirty;
+};
+
+struct handoff {
+    uint64_t token;
+    struct pool_slot *slot;
+};
+
+struct worker {
+    struct broker *b;
+    uint32_t id;
+    pthread_t thread;
+    bool started;
+    struct io_uring ring;
+    bool ring_ok;
+    int ring_fd;
+    struct ring_spsc inbox;
+    /* requests (request.c) */
+    struct req *chunks[REQ_MAX_CHUNKS];
+    uint32_t nchunks;
+    struct req *free_reqs;
+    uint32_t live_reqs;
+    /* deadline heap (deadline.c) */
+    struct req **heap;
+    uint32_t heap_len, heap_cap;
+    uint64_t timer_armed_ns; /* 0: no timer armed */
+    struct __kernel_timespec timer_ts;
+    /* clients (client.c) */
+    struct client *clients;
+    uint32_t nclients;
+    struct client *dirty;
+    /* local handoffs: slots released to a waiter of this worker (handoff.c) */
+    struct handoff *handoffs;
+    uint32_t nhandoffs, handoffs_cap;
+    /* backend connections (bconn.c) */
+    uint32_t nattached;   /* backend slots held (bconn attached) */
+    struct bconn *cqe_bc; /* bconn whose completion is being handled */
+    /* shutdown (worker.c) */
+    _Atomic int ready;   /* 1: ring enabled by the thread, -1: failed */
+    _Atomic bool exited; /* the loop ended: handoffs to it are stale */
+    bool draining;
+    uint64_t grace_deadline_ns;
+    bool grace_expired;
+    uint64_t flush_deadline_ns; /* after the grace: last chance to send answers */
+    bool force_close;           /* past it: close every client, read or not */
+    bool finished;              /* counted in b->nfinished */
+    bool exit_now;              /* every worker finished */
+    struct proto_limits limits;
+};
+
+/* The worker running on this thread (NULL on the listener thread). */
+extern _Thread_local struct worker *worker_self;
+
+static inline uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static inline void ns_to_ts(uint64_t ns, struct __kernel_timespec *ts)
+{
+    ts->tv_sec = (long long)(ns / 1000000000u);
+    ts->tv_nsec = (long long)(ns % 1000000000u);
+}
+
+static inline struct io_uring_sqe *worker_sqe(struct worker *w)
+{
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&w->ring);
+    while (!sqe) {
+        /* SQ full: push what we have to the kernel and try again. */
+        io_uring_submit(&w->ring);
+        sqe = io_uring_get_sqe(&w->ring);
+    }
+    return sqe;
+}
+
+/* Our own messages (trusted formats), cut to the protocol's message size. */
+static inline size_t msg_vformat(char *msg, size_t cap, const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
+static inline size_t msg_vformat(char *msg, size_t cap, const char *fmt, va_list ap)
+{
+    int n = vsnprintf(msg, cap, fmt, ap);
+    return n < 0 ? 0 : (size_t)n >= cap ? cap - 1 : (size_t)n;
+}
+
+static inline struct proto_span req_id(const struct req *r)
+{
+    return (struct proto_span){r->id, r->id_len};
+}
+
+/* client.c */
+void client_new(struct worker *w, int fd);
+void client_free(struct worker *w, struct client *c);
+void client_mark_dirty(struct worker *w, struct client *c);
+void client_mark_all_dirty(struct worker *w);
+void client_on_recv(struct worker *w, struct client *c, int res);
+void client_on_send(struct worker *w, struct client *c, int res);
+/* End of a round: every touched client takes the lines it may send now,
+ * pushes its output, reads more, or closes. */
+void client_flush_dirty(struct worker *w);
+/* Write one error answer for a line (id NULL: "id": null). */
+void client_emit_error(struct worker *w, struct client *c, const struct proto_span *id,
+                       enum proto_code code, const char *msg, size_t msg_len, unsigned flags);
+void client_emit_errorf(struct worker *w, struct client *c, const struct proto_span *id,
+                        enum proto_code code, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+
+/* request.c */
+/* One complete request line of client c (without its newline). */
+void request_line(struct worker *w, struct client *c, const char *line, size_t len);
+struct req *req_at(struct worker *w, uint32_t idx);
+/* The backend answered (rep classified by proto_parse_backend_reply). */
+void req_answer_reply(struct worker *w, struct req *r, const struct proto_reply *rep);
+/* Answer with an error and retire the request. */
+void req_fail(struct worker *w, struct req *r, enum proto_code code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* Retire a request whose answer was written (or dropped: client gone). */
+void req_done(struct worker *w, struct req *r);
+/* Fail every request whose deadline is at or before now. */
+void request_expire(struct worker *w, uint64_t now);
+void request_fail_all(struct worker *w, enum proto_code code, const char *msg);
+void request_store_free(struct worker *w);
+
+/* handoff.c */
+uint64_t handoff_token(const struct worker *w, const struct req *r);
+void handoff_receive(struct worker *w, uint64_t token, struct pool_slot *slot);
+void handoff_run_local(struct worker *w);
+
+/* bconn.c */
+/* Request and slot meet: connect if needed, else write and read at once. */
+void bconn_start(struct worker *w, struct req *r, struct pool_slot *slot);
+void bconn_on_cqe(struct worker *w, uint64_t ud, int res);
+/* Abort whatever is in flight; the connection is closed when it settles. */
+void bconn_doom(struct bconn *bc);
+/* Give the slot back once no request and no operation uses it. */
+void bconn_settle(struct worker *w, struct bconn *bc);
+
+/* deadline.c */
+int deadline_push(struct worker *w, struct req *r);
+void deadline_remove(struct worker *w, struct req *r);
+void deadline_rekey(struct worker *w, struct req *r);
+/* Keep one absolute timeout armed for the earliest deadline. */
+void deadline_sync(struct worker *w);
+
+#endif /* BROKER_WORKER_H */
