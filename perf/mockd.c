@@ -152,6 +152,18 @@ struct mock_conn {
     size_t heap_idx; /* SIZE_MAX when no deadline is pending */
 };
 
+/* Requests per command type, so a test can tell how many calls of one
+ * command reached the backend (coalescing, caching). One table per worker,
+ * written only by it: a cell is claimed by writing the name, then
+ * publishing its length (release); readers acquire the length first. */
+#define MOCK_TYPES 64
+#define MOCK_TYPE_MAX 64
+struct mock_type_count {
+    _Atomic uint32_t len; /* 0: free cell */
+    char name[MOCK_TYPE_MAX];
+    _Atomic uint64_t n;
+};
+
 struct mock_worker {
     struct mock_server *srv;
     unsigned id;
@@ -171,6 +183,7 @@ struct mock_worker {
     _Atomic uint64_t overlaps;
     _Atomic uint64_t bytes_in;
     _Atomic uint64_t bytes_out;
+    struct mock_type_count types[MOCK_TYPES];
 };
 
 struct mock_server {
@@ -323,6 +336,59 @@ static int mock_totals_json(struct mock_server *srv, char *buf, size_t size)
                     ",\"threads\":%u,\"uptime_ms\":%" PRIu64,
                     t.conns_total, t.conns_open, t.conns_peak, t.requests, t.overlaps, t.bytes_in,
                     t.bytes_out, srv->opts.threads, (mock_now_ns() - srv->start_ns) / 1000000u);
+}
+
+static uint32_t mock_type_hash(const char *p, size_t n)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)p[i]) * 16777619u;
+    return h;
+}
+
+/* Count one request of this type on this worker (types longer than
+ * MOCK_TYPE_MAX, or beyond MOCK_TYPES distinct ones, are not counted). */
+static void mock_type_count(struct mock_worker *w, const char *p, size_t n)
+{
+    if (n == 0 || n > MOCK_TYPE_MAX)
+        return;
+    uint32_t h = mock_type_hash(p, n);
+    for (uint32_t i = 0; i < MOCK_TYPES; i++) {
+        struct mock_type_count *t = &w->types[(h + i) % MOCK_TYPES];
+        uint32_t len = atomic_load_explicit(&t->len, memory_order_relaxed); /* ours */
+        if (len == 0) {
+            memcpy(t->name, p, n);
+            atomic_store_explicit(&t->n, 1, memory_order_relaxed);
+            /* Publish the name; pairs with the acquire in mock_type_calls. */
+            atomic_store_explicit(&t->len, (uint32_t)n, memory_order_release);
+            return;
+        }
+        if (len == n && memcmp(t->name, p, n) == 0) {
+            mock_count(&t->n, 1);
+            return;
+        }
+    }
+}
+
+/* Requests of this type so far, over every worker. */
+static uint64_t mock_type_calls(struct mock_server *srv, const char *p, size_t n)
+{
+    uint64_t sum = 0;
+    if (n == 0 || n > MOCK_TYPE_MAX)
+        return 0;
+    uint32_t h = mock_type_hash(p, n);
+    for (unsigned k = 0; k < srv->opts.threads; k++)
+        for (uint32_t i = 0; i < MOCK_TYPES; i++) {
+            struct mock_type_count *t = &srv->workers[k].types[(h + i) % MOCK_TYPES];
+            uint32_t len = atomic_load_explicit(&t->len, memory_order_acquire);
+            if (len == 0)
+                break;
+            if (len == n && memcmp(t->name, p, n) == 0) {
+                sum += atomic_load_explicit(&t->n, memory_order_relaxed);
+                break;
+            }
+        }
+    return sum;
 }
 
 static void mock_conn_opened(struct mock_server *srv)
@@ -587,13 +653,23 @@ static bool mock_build_object(struct mock_conn *c, struct pjson_span params)
            mock_out_span(c, inner) && mock_out_str(c, "\"}");
 }
 
-static bool mock_build_stats(struct mock_conn *c)
+/* params {"type": T} adds "calls": requests of type T so far. */
+static bool mock_build_stats(struct mock_conn *c, struct pjson_span params)
 {
     char buf[512];
     int n = mock_totals_json(c->w->srv, buf, sizeof(buf));
     if (n < 0 || (size_t)n >= sizeof(buf))
         return mock_build_error(c, "mockd: stats do not fit");
-    return mock_out_str(c, MOCK_OK "{") && mock_out_put(c, buf, (size_t)n) && mock_out_str(c, "}}");
+    if (!mock_out_str(c, MOCK_OK "{") || !mock_out_put(c, buf, (size_t)n))
+        return false;
+    struct pjson_span type = mock_param(params, "type");
+    if (mock_span_is_str(type)) {
+        struct pjson_span t = mock_span_inner(type);
+        if (!mock_out_str(c, ",\"calls\":") ||
+            !mock_out_u64(c, mock_type_calls(c->w->srv, t.p, t.n)))
+            return false;
+    }
+    return mock_out_str(c, "}}");
 }
 
 /* The answer a healthy add-on would give to this type. */
@@ -613,7 +689,7 @@ static bool mock_build_normal(struct mock_conn *c, struct pjson_span type, struc
     if (mock_span_eq(type, "get_object_info"))
         return mock_build_object(c, params);
     if (mock_span_eq(type, "mock_stats"))
-        return mock_build_stats(c);
+        return mock_build_stats(c, params);
     return mock_out_str(c, MOCK_OK "{\"type\":\"") && mock_out_span(c, type) &&
            mock_out_str(c, "\",\"executed\":true}}");
 }
@@ -752,6 +828,7 @@ static void mock_request(struct mock_conn *c, const char *req, size_t len)
         return;
     }
     struct pjson_span type = mock_span_inner(f[0]), params = f[1];
+    mock_type_count(c->w, type.p, type.n);
     enum mock_fault fault = mock_fault_of(srv, type, &unknown);
     if (unknown) {
         mock_answer(c, mock_build_error(c, "mockd: unknown fault mode"), 0);
@@ -1353,7 +1430,8 @@ static void mock_usage(FILE *f)
           "  --help              this text\n"
           "\n"
           "Commands: get_scene_info, ping, echo (result: params, conn, seq),\n"
-          "get_object_info (params.name: Cube, Camera, Light), mock_stats (counters),\n"
+          "get_object_info (params.name: Cube, Camera, Light), mock_stats (counters;\n"
+          "params.type: T adds \"calls\", the requests of type T so far),\n"
           "fault_<MODE> (params: interval_ms for drip, ms for slow, bytes for huge,\n"
           "message for error); any other type answers {\"type\":T,\"executed\":true}.\n"
           "Ready: one line on stderr, \"mockd: listening on ADDR (...)\".\n"
