@@ -46,6 +46,10 @@
 
 #define RING_CACHELINE 64
 
+/* Largest capacity: a power of two that ring_*_capacity() and ring_*_size()
+ * can report in their uint32_t (2^32 would read as 0). */
+#define RING_CAPACITY_MAX (UINT32_C(1) << 31)
+
 struct ring_mpmc_cell {
     _Atomic uint64_t seq;
     void *item;
@@ -71,12 +75,13 @@ static inline uint64_t ring_pow2_ceil(uint64_t n)
 /*
  * Initialise with room for `capacity` items (rounded up to a power of two)
  * and both cursors at `start` (0 in production; tests pass values near the
- * 64-bit limit to exercise wrap-around). Returns 0 or -EINVAL / -ENOMEM.
+ * 64-bit limit to exercise wrap-around). Returns 0, -EINVAL (capacity 0 or
+ * above RING_CAPACITY_MAX) or -ENOMEM.
  */
 static inline int ring_mpmc_init_at(struct ring_mpmc *r, uint32_t capacity, uint64_t start)
 {
     uint64_t cap = ring_pow2_ceil(capacity);
-    if (capacity == 0 || cap == 0)
+    if (capacity == 0 || cap == 0 || cap > RING_CAPACITY_MAX)
         return -EINVAL;
     size_t bytes = (size_t)cap * sizeof(struct ring_mpmc_cell);
     bytes = (bytes + RING_CACHELINE - 1) & ~(size_t)(RING_CACHELINE - 1);

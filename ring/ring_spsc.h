@@ -34,11 +34,12 @@ struct ring_spsc {
 };
 
 /* Room for `capacity` items (rounded up to a power of two), cursors at
- * `start`. Returns 0, -EINVAL or -ENOMEM. */
+ * `start`. Returns 0, -EINVAL (capacity 0 or above RING_CAPACITY_MAX) or
+ * -ENOMEM. */
 static inline int ring_spsc_init_at(struct ring_spsc *r, uint32_t capacity, uint64_t start)
 {
     uint64_t cap = ring_pow2_ceil(capacity);
-    if (capacity == 0 || cap == 0)
+    if (capacity == 0 || cap == 0 || cap > RING_CAPACITY_MAX)
         return -EINVAL;
     size_t bytes = (size_t)cap * sizeof(void *);
     bytes = (bytes + RING_CACHELINE - 1) & ~(size_t)(RING_CACHELINE - 1);

@@ -36,6 +36,28 @@ Test(ring, pow2_rounding)
     cr_assert_eq(ring_spsc_init(&s, 0), -EINVAL);
 }
 
+/*
+ * capacity() and size() answer in a uint32_t: a request above 2^31 rounds up
+ * to 2^32, which they would report as 0 (and a ring that says it holds 0
+ * items while full). Such a ring is refused before anything is allocated.
+ */
+Test(ring, capacity_above_2_31_refused)
+{
+    const uint32_t too_big[] = {(UINT32_C(1) << 31) + 1, UINT32_MAX};
+    for (size_t i = 0; i < sizeof too_big / sizeof too_big[0]; i++) {
+        struct ring_mpmc m;
+        struct ring_spsc s;
+        cr_expect_eq(ring_mpmc_init(&m, too_big[i]), -EINVAL, "mpmc capacity %u", too_big[i]);
+        cr_expect_eq(ring_spsc_init(&s, too_big[i]), -EINVAL, "spsc capacity %u", too_big[i]);
+    }
+    /* The largest ring reports its capacity; not allocated here (32 GiB of
+     * cells), so the mask of a real init is set by hand. */
+    struct ring_mpmc m = {.mask = RING_CAPACITY_MAX - 1};
+    struct ring_spsc s = {.mask = RING_CAPACITY_MAX - 1};
+    cr_expect_eq(ring_mpmc_capacity(&m), RING_CAPACITY_MAX);
+    cr_expect_eq(ring_spsc_capacity(&s), RING_CAPACITY_MAX);
+}
+
 /* Fill to capacity, check full, drain in FIFO order, check empty; several
  * laps so every cell is reused and the cursors cross the start offset. */
 static void mpmc_fill_drain(uint32_t cap, uint64_t start)
@@ -180,4 +202,9 @@ Test(ring_stress, mpmc_bulk_exactly_once_3p2c, .timeout = 120)
 Test(ring_stress, mpmc_tiny_ring_2p2c, .timeout = 120)
 {
     expect_stress(stress_ring_mpmc_tiny);
+}
+
+Test(ring_stress, mpmc_single_item_api_4p4c_and_2p2c, .timeout = 120)
+{
+    expect_stress(stress_ring_mpmc_single);
 }
