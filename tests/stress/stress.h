@@ -19,10 +19,13 @@ int stress_ring_spsc(char *err, size_t errlen);
 int stress_ring_mpmc_4p4c(char *err, size_t errlen);
 int stress_ring_mpmc_bulk(char *err, size_t errlen);
 int stress_ring_mpmc_tiny(char *err, size_t errlen);
+int stress_ring_mpmc_single(char *err, size_t errlen);
 
 int stress_pool_one_slot(char *err, size_t errlen);
 int stress_pool_two_slots(char *err, size_t errlen);
 int stress_pool_pingpong(char *err, size_t errlen);
+int stress_pool_waiter_wrap(char *err, size_t errlen);
+int stress_pool_waiter_wrap_stale(char *err, size_t errlen);
 int stress_log_lines(char *err, size_t errlen);
 int stress_cache_storm_sharded(char *err, size_t errlen);
 int stress_cache_storm_one_shard(char *err, size_t errlen);

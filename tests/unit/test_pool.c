@@ -109,3 +109,13 @@ Test(pool_stress, pingpong_no_lost_wakeup, .timeout = 120)
 {
     expect_stress(stress_pool_pingpong);
 }
+
+Test(pool_stress, waiter_ring_wraparound_no_lost_token, .timeout = 120)
+{
+    expect_stress(stress_pool_waiter_wrap);
+}
+
+Test(pool_stress, waiter_ring_full_of_stale_tokens_no_lost_token, .timeout = 120)
+{
+    expect_stress(stress_pool_waiter_wrap_stale);
+}

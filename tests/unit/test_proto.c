@@ -153,6 +153,18 @@ static const struct bad bad_requests[] = {
     {"{\"id\":1,\"id\":2,\"type\":\"a\"}", "duplicate key \"id\"", NULL},
     {"{\"id\":1}", "\"type\" is required", "1"},
     {"{\"id\":1,\"type\":\"Get\"}", "\"type\" must be a string matching [a-z][a-z0-9_]{0,63}", "1"},
+    /* valid_type checks the first byte and the rest in separate code, so
+     * uppercase needs cases after the first byte too (middle and last). */
+    {"{\"id\":1,\"type\":\"getScene\"}", "\"type\" must be", "1"},
+    {"{\"id\":1,\"type\":\"aB\"}", "\"type\" must be", "1"},
+    {"{\"id\":1,\"type\":\"a_B\"}", "\"type\" must be", "1"},
+    {"{\"id\":1,\"type\":\"get_scene_infO\"}", "\"type\" must be", "1"},
+    /* After the first byte: the ASCII neighbours of a-z, 0-9 and '_'. */
+    {"{\"id\":1,\"type\":\"a`\"}", "\"type\" must be", "1"},
+    {"{\"id\":1,\"type\":\"a{\"}", "\"type\" must be", "1"},
+    {"{\"id\":1,\"type\":\"a/\"}", "\"type\" must be", "1"},
+    {"{\"id\":1,\"type\":\"a:\"}", "\"type\" must be", "1"},
+    {"{\"id\":1,\"type\":\"a^\"}", "\"type\" must be", "1"},
     {"{\"id\":1,\"type\":\"9a\"}", "\"type\" must be", "1"},
     {"{\"id\":1,\"type\":\"_a\"}", "\"type\" must be", "1"},
     {"{\"id\":1,\"type\":\"\"}", "\"type\" must be", "1"},
