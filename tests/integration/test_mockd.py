@@ -188,6 +188,32 @@ def basic_commands_unix_and_tcp(ctx):
 
 
 @test
+def calls_counted_per_type(ctx):
+    """mock_stats {"type": T} reports how many requests of type T arrived,
+    over every connection and every mockd thread (what the broker's cache
+    tests count)."""
+    m = Mockd(ctx.bindir, ctx.tmp, "unix:" + os.path.join(ctx.tmp, "calls.sock"),
+              "--threads", "2")
+
+    def calls(typ):
+        with m.connect() as s:
+            return call(s, "mock_stats", {"type": typ})["result"]["calls"]
+    before = {t: calls(t) for t in ("get_object_info", "ping", "never_sent_type")}
+    # Connections go round-robin to the two threads: both tables are summed.
+    with m.connect() as a, m.connect() as b:
+        for _ in range(3):
+            call(a, "get_object_info", {"name": "Cube"})
+        call(b, "get_object_info", {"name": "Camera"})
+        call(b, "ping")
+    assert calls("get_object_info") - before["get_object_info"] == 4
+    assert calls("ping") - before["ping"] == 1
+    assert calls("never_sent_type") == 0
+    with m.connect() as s:
+        assert "calls" not in call(s, "mock_stats")["result"], "only when params.type is given"
+    assert m.stop()[0] == 0
+
+
+@test
 def echo_params_conn_and_seq(ctx):
     with ctx.unix.connect() as a, ctx.unix.connect() as b:
         conns = set()
