@@ -27,38 +27,57 @@
  * must lock the list to move the entry to the front. The 2^k shards (hash
  * bits 40..47) only split the writers.
  *
+ * Hashing: XXH3 with a per-cache secret of XXH3_SECRET_DEFAULT_SIZE random
+ * bytes (getrandom), so bucket and shard of a key cannot be predicted from
+ * outside the process: a client that chooses keys cannot pile them into one
+ * chain. Chains are bounded all the same (CACHE_CHAIN_MAX): a set into a full
+ * chain first evicts one of its entries (dead first, then the oldest
+ * unvisited, else the oldest), so a walk is bounded even with bad luck or a
+ * leaked secret. Buckets are sized for a load factor <= 1 at the entry
+ * bound, capped by the bytes (see shard_init) and paid out of them.
+ *
  * Invariants (under the shard mutex):
- *   - every linked entry is in exactly one hash chain and in the queue;
+ *   - every linked entry is in exactly one hash chain and in the queue; no
+ *     chain holds more than CACHE_CHAIN_MAX entries;
  *   - s->bytes == sum of alloc_size over linked entries, s->entries == their
  *     number; retired entries are in limbo or pending, counted in
  *     limbo_bytes/pending_bytes until freed;
  *   - after a set returns: entries <= max_entries, bytes <= max_bytes -
  *     reserve, and bytes + limbo + pending <= max_bytes (a set that would
- *     break the last one waits for a grace period and frees).
+ *     break the last one waits for a grace period and frees); the shard's
+ *     max_bytes is its share of the configured bound less its own tables;
+ *   - an entry is inserted only if its generation is current while the mutex
+ *     is held: a fill that raced an invalidation cannot replace a fresher fill
+ *     of the same key (nor evict live entries for a dead one).
  * An entry's alloc_size is nallocx() of the request, which jemalloc documents
  * to be what sallocx() reports, i.e. exactly what the arena counts; so the
  * arena's allocated figure == bytes + retired bytes + overhead, to the byte.
  *
- * Dead entries (expired, or stored under an older backend generation) are
- * never served. They are reclaimed by the get that finds one, by a set of the
- * same key and by the eviction hand, which takes a dead entry whatever its
- * visited bit; each is counted once, as an expiration or an invalidation.
+ * Dead entries (expired beyond the stale window, or stored under an older
+ * backend generation) are never served. They are reclaimed by the get that
+ * finds one, by a set of the same key, by a full chain, by the eviction hand,
+ * which takes a dead entry whatever its visited bit, and by cache_clear; each
+ * is counted once, as an expiration or an invalidation. An entry in its stale
+ * window (expired less than stale_ms ago) is not served by cache_get and not
+ * reclaimed by gets; the hand treats it like a live one, and whoever removes
+ * it counts an expiration.
  *
- * Memory pressure: a set re-reads jemalloc's process-wide allocated bytes at
- * most every CACHE_PRESSURE_CHECK_MS (one thread wins a CAS on the next-check
- * time, so the epoch refresh - tens of microseconds - is never done by two
- * workers at once). While the figure is above the watermark, each set evicts
- * at least twice its own size beyond what the bounds require and frees what
- * it retired before returning, so the cache shrinks until the pressure ends.
+ * Memory pressure: cache_pressure_refresh (a caller's timer) re-reads
+ * jemalloc's process-wide allocated bytes; sets only read the flag it leaves.
+ * While the figure is above the watermark, each set evicts at least twice its
+ * own size beyond what the bounds require and frees what it retired before
+ * returning, so the cache shrinks until the pressure ends.
  *
  * Limits: shard bounds are the global ones divided by the shard count, so a
  * shard may evict while another has room (small with a good hash). A hand
  * racing readers that keep re-marking every entry gives up after two laps and
  * evicts where it stands. Dead entries hold memory until reclaimed. Threads
  * beyond RECLAIM_MAX_READERS get no reader slot and read under the shard
- * mutex (correct, slower). Sets cost more than in a malloc-based LRU: every
- * block goes to and from the arena without a thread cache (that is what
- * makes the figures exact), and retired blocks are freed in batches.
+ * mutex (correct, slower). A reader that keeps meeting concurrent unlinks in
+ * its chain stops after 2 * CACHE_CHAIN_MAX steps and reports a miss. Sets
+ * cost more than in a malloc-based LRU: every block goes to and from the
+ * arena without a thread cache (that is what makes the figures exact), and
+ * retired blocks are freed in batches.
  */
 #include "cache.h"
 
@@ -69,6 +88,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <string.h>
+#include <sys/random.h>
 
 /* The library's own header-only build of XXH3: the same code as
  * libxxhash.so, inlined into the hot path instead of a PLT call. */
@@ -80,14 +100,20 @@
 
 #define CACHELINE 64
 
-/* Keys up to this many bytes are hashed in one call from a stack copy. */
+/* Keys up to this many bytes (with the 8-byte header) are hashed in one call
+ * from a stack copy; XXH3's short-input paths end at 240 bytes. */
 #define KEY_HASH_STACK 240u
+#define KEY_HASH_HDR   8u
+
+/* A reader's walk: the chain bound, plus entries unlinked under its feet. */
+#define CHAIN_WALK_MAX (2u * CACHE_CHAIN_MAX)
 
 /* Retired entries are handed to a grace period in batches of this many. */
 #define RETIRE_BATCH 32u
 
 /* Per-reader statistics slots (reclaim_reader.stat). */
-enum { RSTAT_HITS, RSTAT_MISSES };
+enum { RSTAT_HITS, RSTAT_MISSES, RSTAT_STALE_HITS };
+_Static_assert(RSTAT_STALE_HITS < RECLAIM_READER_STATS, "one reader stat per counter");
 
 /*
  * Entry layout, one block: [header | type | params | value | pad | node].
@@ -132,13 +158,15 @@ static inline struct cache_node *entry_node(struct cache_entry *e)
 
 /* Counters bumped outside any read section or with the mutex: summed on read. */
 struct cache_counters {
-    _Atomic uint64_t hits_locked; /* gets by threads without a reader slot */
+    _Atomic uint64_t hits_locked; /* lookups by threads without a reader slot */
     _Atomic uint64_t misses_locked;
+    _Atomic uint64_t stale_hits_locked;
     _Atomic uint64_t evictions;
     _Atomic uint64_t expirations;
     _Atomic uint64_t invalidations;
     _Atomic uint64_t ttl_capped;
     _Atomic uint64_t pressure_evictions;
+    _Atomic uint64_t chain_evictions;
     _Atomic uint64_t sets;
     _Atomic uint64_t stale_sets;
     _Atomic uint64_t too_big;
@@ -150,7 +178,7 @@ struct cache_shard {
      * on a line that no set dirties. */
     alignas(CACHELINE) _Atomic(struct cache_entry *) *buckets;
     uint64_t bucket_mask;
-    uint64_t max_bytes;
+    uint64_t max_bytes; /* share of the bound less this shard's tables */
     uint64_t max_entries;
     uint64_t reserve; /* bytes kept for retired entries awaiting a grace period */
     struct reclaim_snapshot *snap;
@@ -161,6 +189,7 @@ struct cache_shard {
     struct cache_node *hand; /* next eviction candidate; NULL = start at oldest */
     uint64_t bytes;
     uint64_t entries;
+    uint64_t now_ms;          /* latest time a set or reclaim brought in: cache_clear's clock */
     struct cache_node *limbo; /* retired, not yet in a grace period */
     uint64_t limbo_bytes;
     uint32_t limbo_count;
@@ -170,19 +199,24 @@ struct cache_shard {
 };
 
 struct cache {
+    /* Read-only after create, read by every get. */
     unsigned arena;
     int flags; /* arena_flags(arena): every mallocx/dallocx here */
     uint32_t nshards;
     uint32_t shard_mask;
-    uint64_t max_object_bytes;
-    int64_t ttl_ms;
-    int64_t max_ttl_ms;
-    uint64_t watermark;
-    uint64_t overhead_bytes;
+    uint64_t stale_ms;
     struct cache_shard *shards;
     struct reclaim_domain rd;
-    alignas(CACHELINE) _Atomic uint64_t pressure_next_ms;
-    _Atomic uint64_t pressure_checks;
+    alignas(CACHELINE) unsigned char secret[XXH3_SECRET_DEFAULT_SIZE];
+    /* Reloadable (cache_reconfigure), read by sets: relaxed atomics. */
+    alignas(CACHELINE) _Atomic uint64_t max_object_bytes;
+    _Atomic int64_t ttl_ms;
+    _Atomic int64_t max_ttl_ms;
+    _Atomic uint64_t watermark;
+    /* Fixed by cache_create; cache_reconfigure refuses other values. */
+    struct cache_config created;
+    uint64_t overhead_bytes;
+    alignas(CACHELINE) _Atomic uint64_t pressure_checks;
     _Atomic uint64_t process_allocated;
     _Atomic bool under_pressure;
     alignas(CACHELINE) _Atomic uint64_t gens[CACHE_GEN_SLOTS];
@@ -208,29 +242,43 @@ void cache_config_default(struct cache_config *cfg)
     cfg->max_ttl_ms = CACHE_DEFAULT_MAX_TTL_MS;
     cfg->memory_watermark_bytes = CACHE_DEFAULT_MEMORY_WATERMARK;
     cfg->shards = 0;
+    cfg->stale_ms = CACHE_DEFAULT_STALE_MS;
 }
 
-uint64_t cache_key_hash(const struct cache_key *key)
+/* memcpy with a NULL pointer is undefined even for length 0. */
+static inline void copy_bytes(char *dst, const char *src, size_t len)
 {
-    /* One XXH3 over type || params. The seed carries the backend and the
-     * type length, so ("ab","c") and ("a","bc") differ. Short keys (all of
-     * the broker's gets, in practice) are gathered on the stack for a single
-     * one-shot call; longer ones go through the streaming API, which yields
-     * the same value for the same bytes. */
-    XXH64_hash_t seed = ((uint64_t)key->type_len << 32) ^ key->backend;
-    if (key->type_len <= KEY_HASH_STACK && key->params_len <= KEY_HASH_STACK - key->type_len) {
+    if (len > 0)
+        memcpy(dst, src, len);
+}
+
+uint64_t cache_key_hash(const struct cache *c, const struct cache_key *key)
+{
+    /* One XXH3 over [backend | type_len | type | params] under the cache's
+     * secret: the header keeps ("ab","c") and ("a","bc") and two backends
+     * apart. Short keys (all of the broker's gets, in practice) are gathered
+     * on the stack for a single one-shot call; longer ones go through the
+     * streaming API, which yields the same value for the same bytes. */
+    unsigned char hdr[KEY_HASH_HDR];
+    uint32_t tlen = (uint32_t)key->type_len; /* longer types are never stored */
+    memcpy(hdr, &key->backend, 4);
+    memcpy(hdr + 4, &tlen, 4);
+    size_t room = KEY_HASH_STACK - KEY_HASH_HDR;
+    if (key->type_len <= room && key->params_len <= room - key->type_len) {
         char buf[KEY_HASH_STACK];
-        if (key->type_len > 0)
-            memcpy(buf, key->type, key->type_len);
-        if (key->params_len > 0)
-            memcpy(buf + key->type_len, key->params, key->params_len);
-        return XXH3_64bits_withSeed(buf, key->type_len + key->params_len, seed);
+        memcpy(buf, hdr, KEY_HASH_HDR);
+        copy_bytes(buf + KEY_HASH_HDR, key->type, key->type_len);
+        copy_bytes(buf + KEY_HASH_HDR + key->type_len, key->params, key->params_len);
+        return XXH3_64bits_withSecret(buf, KEY_HASH_HDR + key->type_len + key->params_len,
+                                      c->secret, sizeof(c->secret));
     }
     /* Zeroed: reset leaves fields the digest reads only on other paths, and
      * GCC cannot see that. Long keys only, so 576 bytes of memset is cheap. */
     XXH3_state_t st;
     memset(&st, 0, sizeof(st));
-    (void)XXH3_64bits_reset_withSeed(&st, seed); /* cannot fail with a valid state */
+    /* Cannot fail: the state is valid and the secret long enough. */
+    (void)XXH3_64bits_reset_withSecret(&st, c->secret, sizeof(c->secret));
+    (void)XXH3_64bits_update(&st, hdr, KEY_HASH_HDR);
     (void)XXH3_64bits_update(&st, key->type, key->type_len);
     (void)XXH3_64bits_update(&st, key->params, key->params_len);
     return XXH3_64bits_digest(&st);
@@ -269,7 +317,8 @@ static inline _Atomic uint64_t *gen_slot(const struct cache *c, uint32_t backend
 
 uint64_t cache_generation(const struct cache *c, uint32_t backend)
 {
-    /* Pairs with the release increment in cache_invalidate_backend. */
+    /* Pairs with the release increments in cache_invalidate_backend and
+     * cache_clear. */
     return atomic_load_explicit(gen_slot(c, backend), memory_order_acquire);
 }
 
@@ -278,6 +327,12 @@ void cache_invalidate_backend(struct cache *c, uint32_t backend)
     /* Release: a thread that sees the new generation also sees whatever the
      * mutating command's completion published before this call. */
     atomic_fetch_add_explicit(gen_slot(c, backend), 1, memory_order_release);
+}
+
+static inline bool key_valid(const struct cache_key *k)
+{
+    return k != NULL && (k->type != NULL || k->type_len == 0) &&
+           (k->params != NULL || k->params_len == 0);
 }
 
 /* ---- lookup (lock-free, inside a read section or under the mutex) -------- */
@@ -301,6 +356,16 @@ static inline bool entry_matches(const struct cache_entry *e, uint64_t hash,
            bytes_equal(e->data + e->type_len, k->params, k->params_len);
 }
 
+static inline _Atomic(struct cache_entry *) *bucket_of(struct cache_shard *s, uint64_t hash)
+{
+    return &s->buckets[hash & s->bucket_mask];
+}
+
+/*
+ * The entry for k, or NULL. At most CHAIN_WALK_MAX steps: under the mutex a
+ * chain holds at most CACHE_CHAIN_MAX entries, so writers always find what is
+ * there; a reader may also pass entries unlinked while it walks.
+ */
 static inline struct cache_entry *shard_find(struct cache_shard *s, uint64_t hash,
                                              const struct cache_key *k)
 {
@@ -308,27 +373,46 @@ static inline struct cache_entry *shard_find(struct cache_shard *s, uint64_t has
      * one total order with the reader's section entry (reclaim.h); on x86
      * a seq_cst load is a plain load. It is also an acquire, pairing with
      * the release that published the entry's contents. */
-    struct cache_entry *e =
-        atomic_load_explicit(&s->buckets[hash & s->bucket_mask], memory_order_seq_cst);
-    while (e != NULL && !entry_matches(e, hash, k))
+    struct cache_entry *e = atomic_load_explicit(bucket_of(s, hash), memory_order_seq_cst);
+    for (uint32_t steps = 0; e != NULL && steps < CHAIN_WALK_MAX; steps++) {
+        if (entry_matches(e, hash, k))
+            return e;
         e = atomic_load_explicit(&e->chain, memory_order_seq_cst); /* as above */
-    return e;
+    }
+    return NULL;
 }
 
-enum entry_state { ENTRY_LIVE, ENTRY_EXPIRED, ENTRY_STALE };
+/*
+ * LIVE: servable. GRACE: expired less than stale_ms ago (only cache_get_stale
+ * serves it; gets do not reclaim it). EXPIRED, STALE: dead.
+ */
+enum entry_state { ENTRY_LIVE, ENTRY_GRACE, ENTRY_EXPIRED, ENTRY_STALE };
+
+static inline enum entry_state state_at(const struct cache *c, const struct cache_entry *e,
+                                        uint64_t gen, uint64_t now_ms)
+{
+    if (e->gen != gen)
+        return ENTRY_STALE;
+    if (now_ms < e->expires_ms)
+        return ENTRY_LIVE;
+    /* now >= expiry: the difference cannot wrap. */
+    return now_ms - e->expires_ms < c->stale_ms ? ENTRY_GRACE : ENTRY_EXPIRED;
+}
 
 static enum entry_state entry_state(const struct cache *c, const struct cache_entry *e,
                                     uint64_t now_ms)
 {
-    if (e->gen != cache_generation(c, e->backend))
-        return ENTRY_STALE;
-    if (now_ms >= e->expires_ms)
-        return ENTRY_EXPIRED;
-    return ENTRY_LIVE;
+    return state_at(c, e, cache_generation(c, e->backend), now_ms);
+}
+
+static inline bool state_dead(enum entry_state st)
+{
+    return st == ENTRY_EXPIRED || st == ENTRY_STALE;
 }
 
 /* ---- writers: unlink, retire, evict, collect (all under the mutex) ------- */
 
+/* Count the removal of an entry that was not live (GRACE counts as expired). */
 static void count_dead(struct cache_shard *s, enum entry_state st)
 {
     ctr_add(st == ENTRY_STALE ? &s->ctr.invalidations : &s->ctr.expirations, 1);
@@ -338,7 +422,7 @@ static void count_dead(struct cache_shard *s, enum entry_state st)
 static void shard_unlink(struct cache_shard *s, struct cache_entry *e)
 {
     struct cache_node *n = entry_node(e);
-    _Atomic(struct cache_entry *) *pp = &s->buckets[e->hash & s->bucket_mask];
+    _Atomic(struct cache_entry *) *pp = bucket_of(s, e->hash);
     struct cache_entry *cur;
     /* Relaxed: chains change only under the mutex we hold. */
     while ((cur = atomic_load_explicit(pp, memory_order_relaxed)) != e)
@@ -368,6 +452,20 @@ static void shard_unlink(struct cache_shard *s, struct cache_entry *e)
     s->limbo_count++;
 }
 
+/* Unlink e, counting it as dead (if it was not live) or as a live eviction. */
+static void shard_evict(struct cache_shard *s, struct cache_entry *e, enum entry_state st,
+                        bool pressure)
+{
+    if (st != ENTRY_LIVE) {
+        count_dead(s, st);
+    } else {
+        ctr_add(&s->ctr.evictions, 1);
+        if (pressure)
+            ctr_add(&s->ctr.pressure_evictions, 1);
+    }
+    shard_unlink(s, e);
+}
+
 /*
  * One SIEVE step: walk the hand from where it rests towards the head
  * (wrapping to the oldest), clearing visited bits, and evict the first entry
@@ -379,28 +477,48 @@ static uint64_t shard_evict_one(struct cache *c, struct cache_shard *s, uint64_t
                                 bool pressure)
 {
     struct cache_node *n = s->hand != NULL ? s->hand : s->oldest;
-    enum entry_state st;
     for (uint64_t steps = 2 * s->entries; steps > 0; steps--) {
-        st = entry_state(c, n->entry, now_ms);
         /* Relaxed: the bit is a hint; a hit racing the hand at worst keeps
          * or loses one entry a little early or late. */
-        if (st != ENTRY_LIVE || !atomic_load_explicit(&n->entry->visited, memory_order_relaxed))
+        if (state_dead(entry_state(c, n->entry, now_ms)) ||
+            !atomic_load_explicit(&n->entry->visited, memory_order_relaxed))
             break;
         atomic_store_explicit(&n->entry->visited, 0, memory_order_relaxed); /* as above */
         n = n->newer != NULL ? n->newer : s->oldest;
     }
-    st = entry_state(c, n->entry, now_ms); /* unexamined if the laps ran out */
-    if (st != ENTRY_LIVE) {
-        count_dead(s, st);
-    } else {
-        ctr_add(&s->ctr.evictions, 1);
-        if (pressure)
-            ctr_add(&s->ctr.pressure_evictions, 1);
-    }
     uint64_t size = n->alloc_size;
     s->hand = n; /* shard_unlink moves it on to n->newer */
-    shard_unlink(s, n->entry);
+    shard_evict(s, n->entry, entry_state(c, n->entry, now_ms), pressure);
     return size;
+}
+
+/*
+ * Keep e's chain under CACHE_CHAIN_MAX once e joins it: when full, evict a
+ * dead entry of the chain, else the oldest unvisited one, else the oldest
+ * (chains are in insertion order). Keys that collide, by chance or by
+ * design, only ever push each other out.
+ */
+static void chain_make_room(struct cache *c, struct cache_shard *s, uint64_t hash, uint64_t now_ms)
+{
+    struct cache_entry *head = atomic_load_explicit(bucket_of(s, hash), memory_order_relaxed);
+    struct cache_entry *dead = NULL, *unvisited = NULL;
+    uint32_t n = 0;
+    /* Relaxed: chains change only under the mutex we hold. */
+    for (struct cache_entry *e = head; e != NULL;
+         e = atomic_load_explicit(&e->chain, memory_order_relaxed)) {
+        n++;
+        if (dead == NULL && state_dead(entry_state(c, e, now_ms)))
+            dead = e;
+        if (unvisited == NULL && !atomic_load_explicit(&e->visited, memory_order_relaxed))
+            unvisited = e;
+    }
+    if (n < CACHE_CHAIN_MAX)
+        return;
+    struct cache_entry *victim = dead != NULL ? dead : unvisited != NULL ? unvisited : head;
+    enum entry_state st = entry_state(c, victim, now_ms);
+    if (st == ENTRY_LIVE)
+        ctr_add(&s->ctr.chain_evictions, 1);
+    shard_evict(s, victim, st, false);
 }
 
 /* Move a retired list (linked by `older`) onto *to_free. */
@@ -472,17 +590,24 @@ static void shard_collect(struct cache *c, struct cache_shard *s, bool force,
     pending_release(s, to_free);
 }
 
+static inline void shard_clock(struct cache_shard *s, uint64_t now_ms)
+{
+    if (now_ms > s->now_ms)
+        s->now_ms = now_ms;
+}
+
 /* Reclaim a dead entry that a get found. */
 static void shard_reclaim_dead(struct cache *c, struct cache_shard *s, uint64_t hash,
                                const struct cache_key *k, uint64_t now_ms)
 {
     struct cache_node *to_free = NULL;
     pthread_mutex_lock(&s->lock);
+    shard_clock(s, now_ms);
     /* Re-check: another thread may have reclaimed or replaced it already. */
     struct cache_entry *e = shard_find(s, hash, k);
     if (e != NULL) {
         enum entry_state st = entry_state(c, e, now_ms);
-        if (st != ENTRY_LIVE) {
+        if (state_dead(st)) {
             count_dead(s, st);
             shard_unlink(s, e);
             shard_collect(c, s, false, &to_free);
@@ -502,51 +627,97 @@ static inline void mark_visited(struct cache_entry *e)
         atomic_store_explicit(&e->visited, 1, memory_order_relaxed);
 }
 
-/* For a thread without a reader slot (more than RECLAIM_MAX_READERS): the
- * mutex keeps linked entries alive, as for a writer. */
-static int get_locked(struct cache *c, struct cache_shard *s, uint64_t hash,
-                      const struct cache_key *key, uint64_t now_ms, cache_sink_fn sink, void *arg)
+enum lookup_kind { LOOKUP_FRESH, LOOKUP_STALE };
+
+/* What one lookup did, for its counters. */
+enum lookup_outcome { OUT_HIT, OUT_MISS, OUT_SINK_FAILED };
+
+static void count_lookup(struct cache_shard *s, struct reclaim_reader *r, enum lookup_kind kind,
+                         enum lookup_outcome out)
 {
-    int rc = -ENOENT;
-    pthread_mutex_lock(&s->lock);
-    struct cache_entry *e = shard_find(s, hash, key);
-    bool live = e != NULL && entry_state(c, e, now_ms) == ENTRY_LIVE;
-    if (live) {
-        mark_visited(e);
-        rc = sink != NULL ? sink(arg, entry_value(e), e->value_len) : 0;
+    if (out == OUT_SINK_FAILED || (kind == LOOKUP_STALE && out == OUT_MISS))
+        return; /* a failed copy is retried and counted then; stale misses are not counted */
+    if (r != NULL) {
+        reclaim_stat_add(r, kind == LOOKUP_STALE ? RSTAT_STALE_HITS
+                            : out == OUT_HIT     ? RSTAT_HITS
+                                                 : RSTAT_MISSES);
+        return;
     }
-    pthread_mutex_unlock(&s->lock);
-    ctr_add(live ? &s->ctr.hits_locked : &s->ctr.misses_locked, 1);
-    if (e != NULL && !live)
+    ctr_add(kind == LOOKUP_STALE ? &s->ctr.stale_hits_locked
+            : out == OUT_HIT     ? &s->ctr.hits_locked
+                                 : &s->ctr.misses_locked,
+            1);
+}
+
+/*
+ * The one lookup behind cache_get and cache_get_stale. Inside a read
+ * section, or - for a thread without a reader slot - under the shard mutex,
+ * which keeps linked entries alive as for a writer.
+ */
+static int lookup(struct cache *c, const struct cache_key *key, uint64_t now_ms,
+                  enum lookup_kind kind, cache_sink_fn sink, void *arg, uint64_t *gen_out,
+                  uint64_t *age_out)
+{
+    uint64_t hash = cache_key_hash(c, key);
+    struct cache_shard *s = shard_of(c, hash);
+    uint64_t gen = cache_generation(c, key->backend);
+    if (gen_out != NULL)
+        *gen_out = gen;
+    struct reclaim_reader *r = reclaim_reader_get(&c->rd);
+    bool entered = false;
+    if (r != NULL)
+        entered = reclaim_enter(r);
+    else
+        pthread_mutex_lock(&s->lock);
+
+    struct cache_entry *e = shard_find(s, hash, key);
+    enum entry_state st = e != NULL ? state_at(c, e, gen, now_ms) : ENTRY_EXPIRED;
+    bool servable = e != NULL && (st == ENTRY_LIVE || (kind == LOOKUP_STALE && st == ENTRY_GRACE));
+    enum lookup_outcome out = OUT_MISS;
+    int rc = -ENOENT;
+    uint64_t expires = 0;
+    if (servable) {
+        expires = e->expires_ms;
+        rc = sink != NULL ? sink(arg, entry_value(e), e->value_len) : 0;
+        if (rc == -ENOENT)
+            rc = -EIO; /* -ENOENT means a miss, and only that */
+        else if (rc > 0)
+            rc = 0;
+        out = rc == 0 ? OUT_HIT : OUT_SINK_FAILED;
+        if (rc == 0)
+            mark_visited(e);
+    }
+
+    if (r == NULL)
+        pthread_mutex_unlock(&s->lock);
+    else if (entered)
+        reclaim_exit(r);
+    count_lookup(s, r, kind, out);
+    /* e may be freed from here on: only the key is used to find it again. */
+    if (e != NULL && state_dead(st))
         shard_reclaim_dead(c, s, hash, key, now_ms);
-    return live ? (rc < 0 ? rc : 0) : -ENOENT;
+    if (rc == 0 && age_out != NULL)
+        *age_out = now_ms > expires ? now_ms - expires : 0;
+    return rc;
 }
 
 int cache_get(struct cache *c, const struct cache_key *key, uint64_t now_ms, cache_sink_fn sink,
-              void *arg)
+              void *arg, uint64_t *gen_out)
 {
-    uint64_t hash = cache_key_hash(key);
-    struct cache_shard *s = shard_of(c, hash);
-    struct reclaim_reader *r = reclaim_reader_get(&c->rd);
-    if (r == NULL)
-        return get_locked(c, s, hash, key, now_ms, sink, arg);
-
-    uint64_t gen = cache_generation(c, key->backend);
-    int rc = -ENOENT;
-    bool entered = reclaim_enter(r);
-    struct cache_entry *e = shard_find(s, hash, key);
-    bool live = e != NULL && e->gen == gen && now_ms < e->expires_ms;
-    if (live) {
-        mark_visited(e);
-        rc = sink != NULL ? sink(arg, entry_value(e), e->value_len) : 0;
+    if (c == NULL || !key_valid(key)) {
+        if (gen_out != NULL)
+            *gen_out = 0;
+        return -EINVAL;
     }
-    if (entered)
-        reclaim_exit(r);
-    reclaim_stat_add(r, live ? RSTAT_HITS : RSTAT_MISSES);
-    /* e may be freed from here on: only the key is used to find it again. */
-    if (e != NULL && !live)
-        shard_reclaim_dead(c, s, hash, key, now_ms);
-    return live ? (rc < 0 ? rc : 0) : -ENOENT;
+    return lookup(c, key, now_ms, LOOKUP_FRESH, sink, arg, gen_out, NULL);
+}
+
+int cache_get_stale(struct cache *c, const struct cache_key *key, uint64_t now_ms,
+                    cache_sink_fn sink, void *arg, uint64_t *age_ms_out)
+{
+    if (c == NULL || !key_valid(key))
+        return -EINVAL;
+    return lookup(c, key, now_ms, LOOKUP_STALE, sink, arg, NULL, age_ms_out);
 }
 
 struct copy_sink {
@@ -567,55 +738,40 @@ static int copy_sink_fn(void *arg, const void *value, size_t len)
 }
 
 int cache_get_copy(struct cache *c, const struct cache_key *key, uint64_t now_ms, void *buf,
-                   size_t cap, size_t *len_out)
+                   size_t cap, size_t *len_out, uint64_t *gen_out)
 {
+    if (buf == NULL && cap > 0) {
+        if (gen_out != NULL)
+            *gen_out = 0;
+        return -EINVAL;
+    }
     struct copy_sink cs = {.buf = buf, .cap = cap, .len = 0};
-    int rc = cache_get(c, key, now_ms, copy_sink_fn, &cs);
-    if (rc == 0 || rc == -ENOBUFS)
+    int rc = cache_get(c, key, now_ms, copy_sink_fn, &cs, gen_out);
+    if ((rc == 0 || rc == -ENOBUFS) && len_out != NULL)
         *len_out = cs.len;
     return rc;
 }
 
 /* ---- memory pressure ----------------------------------------------------- */
 
-/* Read the process figure now; returns 1 / 0 / -errno like the public one. */
-static int pressure_check(struct cache *c)
+int cache_pressure_refresh(struct cache *c)
 {
+    /* Relaxed (all of them): advisory figures; a set that reads a stale flag
+     * evicts a little early or late, never incorrectly. */
+    uint64_t watermark = atomic_load_explicit(&c->watermark, memory_order_relaxed);
+    if (watermark == 0) {
+        atomic_store_explicit(&c->under_pressure, false, memory_order_relaxed);
+        return 0;
+    }
     uint64_t allocated = 0;
     int rc = arena_process_allocated(&allocated);
     if (rc != 0)
         return rc;
-    bool over = c->watermark != 0 && allocated > c->watermark;
-    /* Relaxed: advisory figures; a set that reads a stale flag evicts a
-     * little early or late, never incorrectly. */
+    bool over = allocated > watermark;
     atomic_store_explicit(&c->process_allocated, allocated, memory_order_relaxed);
     atomic_store_explicit(&c->under_pressure, over, memory_order_relaxed);
     ctr_add(&c->pressure_checks, 1);
     return over ? 1 : 0;
-}
-
-int cache_pressure_refresh(struct cache *c)
-{
-    if (c->watermark == 0)
-        return 0;
-    return pressure_check(c);
-}
-
-/* Rate-limited pressure check for the set path. */
-static bool pressure_poll(struct cache *c, uint64_t now_ms)
-{
-    if (c->watermark == 0)
-        return false;
-    /* Relaxed load and CAS: the CAS only elects one checker per interval;
-     * the figures it publishes are advisory (see pressure_check). */
-    uint64_t next = atomic_load_explicit(&c->pressure_next_ms, memory_order_relaxed);
-    if (now_ms >= next) {
-        uint64_t then = cache_expiry_ms(now_ms, (int64_t)CACHE_PRESSURE_CHECK_MS);
-        if (atomic_compare_exchange_strong_explicit(&c->pressure_next_ms, &next, then,
-                                                    memory_order_relaxed, memory_order_relaxed))
-            (void)pressure_check(c);
-    }
-    return atomic_load_explicit(&c->under_pressure, memory_order_relaxed); /* advisory */
 }
 
 /* ---- set ----------------------------------------------------------------- */
@@ -641,12 +797,9 @@ static struct cache_entry *entry_build(struct cache *c, const struct cache_key *
     e->type_len = (uint16_t)key->type_len;
     e->params_len = (uint32_t)key->params_len;
     e->value_len = (uint32_t)value_len;
-    if (key->type_len > 0)
-        memcpy(e->data, key->type, key->type_len);
-    if (key->params_len > 0)
-        memcpy(e->data + key->type_len, key->params, key->params_len);
-    if (value_len > 0)
-        memcpy(e->data + key->type_len + key->params_len, value, value_len);
+    copy_bytes(e->data, key->type, key->type_len);
+    copy_bytes(e->data + key->type_len, key->params, key->params_len);
+    copy_bytes(e->data + key->type_len + key->params_len, value, value_len);
     struct cache_node *n = entry_node(e);
     n->newer = n->older = NULL;
     n->entry = e;
@@ -655,10 +808,10 @@ static struct cache_entry *entry_build(struct cache *c, const struct cache_key *
 }
 
 /*
- * Insert e (new, unlinked): retire the entry it replaces, evict until both
- * bounds hold, further under pressure, then publish e. Its alloc_size <=
- * max_bytes - reserve was checked, so the loops cannot empty the shard in
- * vain.
+ * Insert e (new, unlinked, of the current generation): retire the entry it
+ * replaces, make room in its chain, evict until both bounds hold, further
+ * under pressure, then publish e. Its alloc_size <= max_bytes - reserve was
+ * checked, so the loops cannot empty the shard in vain.
  */
 static void shard_insert(struct cache *c, struct cache_shard *s, struct cache_entry *e,
                          uint64_t now_ms, bool pressure)
@@ -672,8 +825,14 @@ static void shard_insert(struct cache *c, struct cache_shard *s, struct cache_en
     };
     struct cache_node *n = entry_node(e);
     struct cache_entry *old = shard_find(s, e->hash, &k);
-    if (old != NULL)
-        shard_unlink(s, old); /* replaced: not an eviction */
+    if (old != NULL) {
+        /* Replaced: not an eviction; but a dead one is counted, once. */
+        enum entry_state st = entry_state(c, old, now_ms);
+        if (st != ENTRY_LIVE)
+            count_dead(s, st);
+        shard_unlink(s, old);
+    }
+    chain_make_room(c, s, e->hash, now_ms);
 
     uint64_t budget = s->max_bytes - s->reserve;
     while (s->entries > 0 && (s->entries + 1 > s->max_entries || s->bytes + n->alloc_size > budget))
@@ -684,10 +843,11 @@ static void shard_insert(struct cache *c, struct cache_shard *s, struct cache_en
             freed += shard_evict_one(c, s, now_ms, true);
     }
 
-    /* Append at the chain's tail: entries SIEVE keeps are the popular ones,
-     * and new entries piled in front of them would lengthen every hit's walk.
-     * Relaxed loads: chains change only under the mutex we hold. */
-    _Atomic(struct cache_entry *) *pp = &s->buckets[e->hash & s->bucket_mask];
+    /* Append at the chain's tail (at most CACHE_CHAIN_MAX - 1 steps):
+     * entries SIEVE keeps are the popular ones, and new entries piled in
+     * front of them would lengthen every hit's walk. Relaxed loads: chains
+     * change only under the mutex we hold. */
+    _Atomic(struct cache_entry *) *pp = bucket_of(s, e->hash);
     struct cache_entry *cur;
     while ((cur = atomic_load_explicit(pp, memory_order_relaxed)) != NULL)
         pp = &cur->chain;
@@ -707,14 +867,14 @@ static void shard_insert(struct cache *c, struct cache_shard *s, struct cache_en
 int cache_set_ttl(struct cache *c, const struct cache_key *key, const void *value, size_t value_len,
                   int64_t ttl_ms, uint64_t gen, uint64_t now_ms)
 {
-    if (c == NULL || key == NULL || (value == NULL && value_len > 0) ||
-        (key->type == NULL && key->type_len > 0) || (key->params == NULL && key->params_len > 0))
+    if (c == NULL || !key_valid(key) || (value == NULL && value_len > 0))
         return -EINVAL;
-    uint64_t hash = cache_key_hash(key);
+    uint64_t hash = cache_key_hash(c, key);
     struct cache_shard *s = shard_of(c, hash);
 
-    /* Each term is checked alone first so the sum cannot overflow. */
-    uint64_t cap = c->max_object_bytes;
+    /* Each term is checked alone first so the sum cannot overflow. Relaxed:
+     * a reloadable setting (cache_reconfigure). */
+    uint64_t cap = atomic_load_explicit(&c->max_object_bytes, memory_order_relaxed);
     if (key->type_len > UINT16_MAX || key->params_len > cap || value_len > cap ||
         key->type_len + key->params_len + value_len > cap) {
         ctr_add(&s->ctr.too_big, 1);
@@ -727,16 +887,15 @@ int cache_set_ttl(struct cache *c, const struct cache_key *key, const void *valu
         ctr_add(&s->ctr.too_big, 1);
         return -E2BIG;
     }
-    /* Early refusal saves an allocation; correctness does not depend on it,
-     * because the entry stores `gen` and is never served once it is old. */
+    /* Early refusal saves an allocation; the check that counts is the one
+     * under the mutex below. */
     if (gen != cache_generation(c, key->backend)) {
         ctr_add(&s->ctr.stale_sets, 1);
         return -ESTALE;
     }
     bool capped = false;
-    int64_t ttl = cache_ttl_clamp(ttl_ms, c->max_ttl_ms, &capped);
-    if (capped)
-        ctr_add(&s->ctr.ttl_capped, 1);
+    int64_t max_ttl = atomic_load_explicit(&c->max_ttl_ms, memory_order_relaxed); /* as cap */
+    int64_t ttl = cache_ttl_clamp(ttl_ms, max_ttl, &capped);
 
     struct cache_entry *e = entry_build(c, key, value, value_len, request, alloc_size, hash, gen,
                                         cache_expiry_ms(now_ms, ttl));
@@ -744,10 +903,25 @@ int cache_set_ttl(struct cache *c, const struct cache_key *key, const void *valu
         ctr_add(&s->ctr.alloc_failures, 1);
         return -ENOMEM;
     }
-    bool pressure = pressure_poll(c, now_ms);
+    /* Relaxed: advisory (cache_pressure_refresh). */
+    bool pressure = atomic_load_explicit(&c->under_pressure, memory_order_relaxed);
 
     struct cache_node *to_free = NULL;
     pthread_mutex_lock(&s->lock);
+    /* Under the mutex: an invalidation between the early check and here,
+     * followed by a fresh fill of this key (which took this mutex after the
+     * invalidation), must not be overwritten by our older answer. Every
+     * fill of the key is serialised here, so checking now suffices: a later
+     * invalidation makes e dead, and the next fill replaces it. */
+    if (gen != cache_generation(c, key->backend)) {
+        pthread_mutex_unlock(&s->lock);
+        sdallocx(e, alloc_size, c->flags);
+        ctr_add(&s->ctr.stale_sets, 1);
+        return -ESTALE;
+    }
+    if (capped)
+        ctr_add(&s->ctr.ttl_capped, 1);
+    shard_clock(s, now_ms);
     shard_insert(c, s, e, now_ms, pressure);
     bool over = s->bytes + s->limbo_bytes + s->pending_bytes > s->max_bytes;
     shard_collect(c, s, pressure || over, &to_free);
@@ -762,19 +936,41 @@ int cache_set(struct cache *c, const struct cache_key *key, const void *value, s
 {
     if (c == NULL)
         return -EINVAL;
-    return cache_set_ttl(c, key, value, value_len, c->ttl_ms, gen, now_ms);
+    /* Relaxed: a reloadable setting (cache_reconfigure). */
+    int64_t ttl = atomic_load_explicit(&c->ttl_ms, memory_order_relaxed);
+    return cache_set_ttl(c, key, value, value_len, ttl, gen, now_ms);
 }
 
 /* ---- clear, stats -------------------------------------------------------- */
 
 void cache_clear(struct cache *c)
 {
+    if (c == NULL)
+        return;
+    /* First the generations: a set holding a generation read before this
+     * point now gets -ESTALE, even one already waiting for a shard mutex, so
+     * nothing fetched before the clear is stored after it. Release, as in
+     * cache_invalidate_backend. */
+    for (uint32_t i = 0; i < CACHE_GEN_SLOTS; i++)
+        atomic_fetch_add_explicit(&c->gens[i], 1, memory_order_release);
     for (uint32_t i = 0; i < c->nshards; i++) {
         struct cache_shard *s = &c->shards[i];
         struct cache_node *to_free = NULL;
         pthread_mutex_lock(&s->lock);
-        while (s->oldest != NULL)
-            shard_unlink(s, s->oldest->entry);
+        while (s->oldest != NULL) {
+            struct cache_entry *e = s->oldest->entry;
+            /* Of the generation just before our bump, or stored since by a
+             * set that read the bumped one, and unexpired by the shard's
+             * clock: live, cleared, not counted. Otherwise it was dead
+             * already: counted once, as such. */
+            uint64_t cur = cache_generation(c, e->backend);
+            enum entry_state st = e->gen + 1 == cur || e->gen == cur
+                                      ? state_at(c, e, e->gen, s->now_ms)
+                                      : ENTRY_STALE;
+            if (st != ENTRY_LIVE)
+                count_dead(s, st);
+            shard_unlink(s, e);
+        }
         s->hand = NULL;
         shard_collect(c, s, true, &to_free);
         pthread_mutex_unlock(&s->lock);
@@ -791,13 +987,16 @@ static void stats_add_shard(struct cache_stats *out, struct cache_shard *s)
     pthread_mutex_unlock(&s->lock);
     out->max_entries += s->max_entries;
     out->max_bytes += s->max_bytes;
+    out->buckets += s->bucket_mask + 1;
     out->hits += ctr_get(&s->ctr.hits_locked);
     out->misses += ctr_get(&s->ctr.misses_locked);
+    out->stale_hits += ctr_get(&s->ctr.stale_hits_locked);
     out->evictions += ctr_get(&s->ctr.evictions);
     out->expirations += ctr_get(&s->ctr.expirations);
     out->invalidations += ctr_get(&s->ctr.invalidations);
     out->ttl_capped += ctr_get(&s->ctr.ttl_capped);
     out->pressure_evictions += ctr_get(&s->ctr.pressure_evictions);
+    out->chain_evictions += ctr_get(&s->ctr.chain_evictions);
     out->sets += ctr_get(&s->ctr.sets);
     out->stale_sets += ctr_get(&s->ctr.stale_sets);
     out->too_big += ctr_get(&s->ctr.too_big);
@@ -811,10 +1010,11 @@ int cache_stats_read(struct cache *c, struct cache_stats *out)
         stats_add_shard(out, &c->shards[i]);
     out->hits += reclaim_stat_sum(&c->rd, RSTAT_HITS);
     out->misses += reclaim_stat_sum(&c->rd, RSTAT_MISSES);
+    out->stale_hits += reclaim_stat_sum(&c->rd, RSTAT_STALE_HITS);
     out->shards = c->nshards;
     out->overhead_bytes = c->overhead_bytes;
     out->pressure_checks = ctr_get(&c->pressure_checks);
-    /* Relaxed: advisory figures (see pressure_check). */
+    /* Relaxed: advisory figures (see cache_pressure_refresh). */
     out->process_allocated = atomic_load_explicit(&c->process_allocated, memory_order_relaxed);
     out->under_pressure = atomic_load_explicit(&c->under_pressure, memory_order_relaxed);
     return arena_allocated(c->arena, &out->arena_bytes);
@@ -839,7 +1039,8 @@ static int config_check(const struct cache_config *cfg)
 {
     if (cfg->max_bytes == 0 || cfg->max_entries == 0 ||
         cfg->max_entries > CACHE_MAX_ENTRIES_LIMIT || cfg->max_object_bytes == 0 ||
-        cfg->max_object_bytes > CACHE_MAX_OBJECT_LIMIT || cfg->max_ttl_ms < CACHE_TTL_MIN_MS)
+        cfg->max_object_bytes > CACHE_MAX_OBJECT_LIMIT || cfg->max_ttl_ms < CACHE_TTL_MIN_MS ||
+        cfg->stale_ms < 0 || cfg->stale_ms > CACHE_MAX_STALE_MS)
         return -EINVAL;
     if (cfg->shards != 0) {
         if (!is_pow2(cfg->shards) || cfg->shards > CACHE_MAX_SHARDS ||
@@ -849,13 +1050,39 @@ static int config_check(const struct cache_config *cfg)
     return 0;
 }
 
+static void settings_store(struct cache *c, const struct cache_config *cfg)
+{
+    bool capped = false;
+    /* Relaxed: independent settings, read relaxed by sets. */
+    atomic_store_explicit(&c->max_object_bytes, cfg->max_object_bytes, memory_order_relaxed);
+    atomic_store_explicit(&c->max_ttl_ms, cfg->max_ttl_ms, memory_order_relaxed);
+    atomic_store_explicit(&c->ttl_ms, cache_ttl_clamp(cfg->ttl_ms, cfg->max_ttl_ms, &capped),
+                          memory_order_relaxed);
+    atomic_store_explicit(&c->watermark, cfg->memory_watermark_bytes, memory_order_relaxed);
+    if (cfg->memory_watermark_bytes == 0)
+        atomic_store_explicit(&c->under_pressure, false, memory_order_relaxed);
+}
+
+int cache_reconfigure(struct cache *c, const struct cache_config *cfg)
+{
+    if (c == NULL || cfg == NULL || config_check(cfg) != 0)
+        return -EINVAL;
+    const struct cache_config *was = &c->created;
+    if (cfg->max_bytes != was->max_bytes || cfg->max_entries != was->max_entries ||
+        cfg->shards != was->shards || cfg->stale_ms != was->stale_ms)
+        return -EINVAL;
+    settings_store(c, cfg);
+    return 0;
+}
+
 static uint32_t shards_auto(const struct cache_config *cfg)
 {
     /* 16 shards let a handful of workers set different keys without meeting
      * on one mutex (gets take none); fewer when a shard would hold fewer
      * than 64 entries, or when a maximal object would take more than half a
-     * shard's bytes (so that it fits, with its header, the retire reserve
-     * and jemalloc's rounding, without flushing the whole shard). */
+     * shard's bytes (so that it fits, with its header, the tables, the
+     * retire reserve and jemalloc's rounding, without flushing the whole
+     * shard). */
     uint32_t n = 16;
     while (n > 1 && (cfg->max_entries / n < 64 || cfg->max_bytes / n / 2 < cfg->max_object_bytes))
         n /= 2;
@@ -863,11 +1090,15 @@ static uint32_t shards_auto(const struct cache_config *cfg)
 }
 
 /* Allocate in the cache arena and add the block's size to the overhead. */
-static void *overhead_alloc(struct cache *c, size_t size, int extra_flags)
+static void *overhead_alloc(struct cache *c, size_t size, int extra_flags, uint64_t *size_out)
 {
     void *p = mallocx(size, c->flags | extra_flags);
-    if (p != NULL)
-        c->overhead_bytes += sallocx(p, 0);
+    if (p == NULL)
+        return NULL;
+    size_t got = sallocx(p, 0);
+    c->overhead_bytes += got;
+    if (size_out != NULL)
+        *size_out = got;
     return p;
 }
 
@@ -878,18 +1109,28 @@ static int shard_init(struct cache *c, struct cache_shard *s, uint64_t max_entri
      * platform we build for; no thread can see the shard yet. */
     memset(s, 0, sizeof(*s));
     s->max_entries = max_entries;
-    s->max_bytes = max_bytes;
-    /* Room for retired entries awaiting their grace period: 1/32 of the
-     * shard's bytes is kept free of live entries for them. */
-    s->reserve = max_bytes / 32;
-    /* Load factor <= 1 at the entry bound: chains stay short. */
-    uint64_t nbuckets = pow2_ceil(max_entries);
-    s->buckets = overhead_alloc(c, (size_t)nbuckets * sizeof(*s->buckets), MALLOCX_ZERO);
-    s->snap = overhead_alloc(c, sizeof(*s->snap), 0);
+    /* One bucket per entry at the entry bound (load factor <= 1), but never
+     * more than half the entries the bytes could hold if every entry had the
+     * smallest possible size (an empty key and value), so that a huge
+     * max_entries cannot buy a table larger than the bytes: the table then
+     * takes at most ~10% of them, and the load factor stays <= 2 even in
+     * that corner (real entries, with a type and a reply, are larger). */
+    uint64_t min_entry = nallocx(node_offset(0, 0, 0) + sizeof(struct cache_node), c->flags);
+    uint64_t reachable = max_bytes / (min_entry != 0 ? min_entry : 1) / 2;
+    uint64_t nbuckets = pow2_ceil(reachable < max_entries ? reachable : max_entries);
+    uint64_t table = 0, snap = 0;
+    s->buckets = overhead_alloc(c, (size_t)nbuckets * sizeof(*s->buckets), MALLOCX_ZERO, &table);
+    s->snap = overhead_alloc(c, sizeof(*s->snap), 0, &snap);
     int rc = -ENOMEM;
     if (s->buckets == NULL || s->snap == NULL)
         goto err;
     s->bucket_mask = nbuckets - 1;
+    /* The tables are paid out of the shard's bytes (0 left: every set is
+     * -E2BIG; a configuration that small is a test's). */
+    s->max_bytes = max_bytes > table + snap ? max_bytes - table - snap : 0;
+    /* Room for retired entries awaiting their grace period: 1/32 of the
+     * shard's bytes is kept free of live entries for them. */
+    s->reserve = s->max_bytes / 32;
     s->snap->n = 0;
     rc = -pthread_mutex_init(&s->lock, NULL);
     if (rc != 0)
@@ -917,6 +1158,22 @@ static void shard_destroy(struct cache *c, struct cache_shard *s)
     dallocx(s->snap, c->flags);
 }
 
+/* The hash secret: random bytes from the kernel, never reused. */
+static int secret_fill(unsigned char *buf, size_t len)
+{
+    size_t got = 0;
+    while (got < len) {
+        ssize_t n = getrandom(buf + got, len - got, 0);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        got += (size_t)n;
+    }
+    return 0;
+}
+
 int cache_create(const struct cache_config *cfg, unsigned arena, struct cache **out)
 {
     int rc = config_check(cfg);
@@ -931,26 +1188,26 @@ int cache_create(const struct cache_config *cfg, unsigned arena, struct cache **
     c->overhead_bytes = sallocx(c, 0);
     c->nshards = cfg->shards != 0 ? cfg->shards : shards_auto(cfg);
     c->shard_mask = c->nshards - 1;
-    c->max_object_bytes = cfg->max_object_bytes;
-    c->max_ttl_ms = cfg->max_ttl_ms;
-    bool capped = false;
-    c->ttl_ms = cache_ttl_clamp(cfg->ttl_ms, cfg->max_ttl_ms, &capped);
-    c->watermark = cfg->memory_watermark_bytes;
-    /* Not yet shared: generation 0 everywhere, no pressure, first check due. */
+    c->stale_ms = (uint64_t)cfg->stale_ms;
+    c->created = *cfg;
+    /* Not yet shared: generation 0 everywhere, no pressure until a refresh. */
     for (uint32_t i = 0; i < CACHE_GEN_SLOTS; i++)
         atomic_init(&c->gens[i], 0);
-    atomic_init(&c->pressure_next_ms, 0);
     atomic_init(&c->pressure_checks, 0);
     atomic_init(&c->process_allocated, 0);
     atomic_init(&c->under_pressure, false);
+    settings_store(c, cfg);
 
     uint32_t ready = 0;
     bool rd_ready = false;
     struct reclaim_reader *readers = overhead_alloc(c, RECLAIM_MAX_READERS * sizeof(*readers),
-                                                    MALLOCX_ALIGN(CACHELINE) | MALLOCX_ZERO);
-    c->shards = overhead_alloc(c, c->nshards * sizeof(*c->shards), MALLOCX_ALIGN(CACHELINE));
+                                                    MALLOCX_ALIGN(CACHELINE) | MALLOCX_ZERO, NULL);
+    c->shards = overhead_alloc(c, c->nshards * sizeof(*c->shards), MALLOCX_ALIGN(CACHELINE), NULL);
     rc = -ENOMEM;
     if (readers == NULL || c->shards == NULL)
+        goto err;
+    rc = secret_fill(c->secret, sizeof(c->secret));
+    if (rc != 0)
         goto err;
     rc = reclaim_domain_init(&c->rd, readers);
     if (rc != 0)

@@ -46,7 +46,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#define RECLAIM_MAX_READERS  128u
+#define RECLAIM_MAX_READERS  256u
 #define RECLAIM_READER_STATS 3u
 
 /* One per reader thread, alone on its cache line(s). */

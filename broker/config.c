@@ -27,6 +27,8 @@
 #include "config.h"
 #include "config_priv.h"
 
+#include "cache.h" /* the cache.* rows' ranges */
+
 #include <errno.h>
 #include <inttypes.h>
 #include <jansson.h>
@@ -319,19 +321,27 @@ static const struct config_key top_keys[] = {
      .max = CONFIG_BACKENDS_MAX,
      .help = "Backends (1..64 objects with the backends[] keys below). Default: one backend "
              "\"blender\" at 127.0.0.1:9876 with every default."},
+    /* cache.*: ranges are alloc/cache.h's (cache_create refuses nothing the
+     * table accepts); the R keys are the ones cache_reconfigure applies. */
     K_SIZE(TOP, "cache.max_bytes", 0, cache.max_bytes, 67108864, 0, 1024 * GiB,
-           "Bytes of cached responses (measured by the allocator); 0 disables the cache."),
+           "Bytes of cached responses and their hash tables (measured by the allocator); "
+           "0 disables the cache."),
     K_U32(TOP, "cache.max_entries", 0, cache.max_entries, 100000, 0, 100000000,
           "Cached responses; 0 disables the cache."),
-    K_MS(TOP, "cache.ttl_ms", R, cache.ttl_ms, 5000, 1000, MS_YEAR,
+    K_MS(TOP, "cache.ttl_ms", R, cache.ttl_ms, 5000, CACHE_TTL_MIN_MS, MS_YEAR,
          "Lifetime of a cached response. At most max_ttl_ms."),
-    K_MS(TOP, "cache.max_ttl_ms", R, cache.max_ttl_ms, MS_DAY, 1000, MS_YEAR,
+    K_MS(TOP, "cache.max_ttl_ms", R, cache.max_ttl_ms, MS_DAY, CACHE_TTL_MIN_MS, MS_YEAR,
          "Upper clamp of any TTL."),
+    K_MS(TOP, "cache.serve_stale_ms", CONFIG_F_EXTRA, cache.serve_stale_ms, 0, 0,
+         CACHE_MAX_STALE_MS,
+         "How long past expiry a read may be served, marked stale, while its backend cannot "
+         "answer; 0 = off."),
     K_SIZE(TOP, "cache.max_object_bytes", R | CONFIG_F_EXTRA, cache.max_object_bytes, 8388608, 1,
-           4 * GiB, "Largest single response that is cached."),
+           (int64_t)CACHE_MAX_OBJECT_LIMIT, "Largest single response that is cached."),
     K_SIZE(TOP, "cache.memory_watermark_bytes", R | CONFIG_F_EXTRA, cache.memory_watermark_bytes,
            GiB, 0, 1024 * 1024 * GiB,
-           "Process memory (jemalloc resident) above which the cache evicts early; 0 = off."),
+           "Process memory (jemalloc stats.allocated, sampled every 100 ms) above which the "
+           "cache evicts early; 0 = off."),
     K_U32(TOP, "rate_limit.rate", R, rate_limit.rate, 1000, 1, 10000000,
           "Requests per second per client (token refill rate)."),
     K_U32(TOP, "rate_limit.burst", R, rate_limit.burst, 2000, 1, 100000000,

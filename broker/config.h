@@ -117,6 +117,7 @@ struct config_cache {
     uint32_t max_entries;
     int64_t ttl_ms;
     int64_t max_ttl_ms;
+    int64_t serve_stale_ms;          /* 0 = off */
     uint64_t max_object_bytes;       /* extra key */
     uint64_t memory_watermark_bytes; /* extra key; 0 = off */
 };

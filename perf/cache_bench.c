@@ -23,14 +23,31 @@
  * The LRU baseline is what a careful first version would be: one hash table,
  * one doubly-linked recency list, one mutex, a hit moves the entry to the
  * front, values copied out under the lock; it allocates before and frees
- * after the critical section, as ours does, and hashes with the same XXH3
- * key hash, so the comparison is of policy and locking, not of plumbing.
+ * after the critical section, as ours does, and hashes like ours (XXH3 under
+ * a secret), so the comparison is of policy and locking, not of plumbing.
  * One difference is deliberate and shows in set_ops_per_s: the LRU uses
  * malloc (jemalloc's default arena, with the thread cache), ours allocates
  * in its own arena without a thread cache so that its figures are exact.
  *
- * Output: one JSON line per (impl, threads) on stdout, nothing else.
- * Usage: cache_bench        (about 10-15 s on 2 shared vCPUs)
+ * Allocator contention (the "cache_alloc" lines): sets from several workers
+ * allocate and free in one arena without a thread cache. To see what that
+ * costs apart from the cache's own work, each thread replays its part of the
+ * trace as allocations alone - one block of the size the entry would have,
+ * freeing the block allocated W steps earlier (a steady working set, as a
+ * full cache evicts) - in four ways, interleaved in each round:
+ *   shared:           the cache's way, one arena, MALLOCX_TCACHE_NONE;
+ *   per_thread_arena: one arena per thread, no thread cache (exact figures
+ *                     would need summing the arenas);
+ *   shared_tcache:    one arena, an explicit thread cache per thread (the
+ *                     arena's figure would count cached free blocks);
+ *   malloc:           the default arena with jemalloc's automatic tcache (the
+ *                     LRU's way).
+ * The ratio threads=2 / threads=1 within a mode is its scaling; shared vs
+ * per_thread_arena at 2 threads is the contention on the shared arena.
+ *
+ * Output: one JSON line per (impl, threads) and per (alloc mode, threads) on
+ * stdout, nothing else.
+ * Usage: cache_bench        (about 15-20 s on 2 shared vCPUs)
  */
 #include <errno.h>
 #include <math.h>
@@ -40,6 +57,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#define XXH_INLINE_ALL
+#include <xxhash.h>
 
 #include "arena.h"
 #include "cache.h"
@@ -60,6 +80,7 @@ static char g_params[KEYS][PARAMS_W];
 static uint8_t g_params_len[KEYS];
 static uint32_t *g_trace;
 static char g_value[VALUE_MAX];
+static unsigned char g_lru_secret[XXH3_SECRET_DEFAULT_SIZE];
 
 static uint64_t splitmix(uint64_t *s)
 {
@@ -121,6 +142,8 @@ static int workload_init(void)
     }
     for (size_t i = 0; i < VALUE_MAX; i++)
         g_value[i] = (char)('a' + splitmix(&rng) % 26);
+    for (size_t i = 0; i < sizeof(g_lru_secret); i++)
+        g_lru_secret[i] = (unsigned char)splitmix(&rng);
     return 0;
 }
 
@@ -147,6 +170,24 @@ struct lru {
     uint64_t entries;
     uint64_t max_entries;
 };
+
+/*
+ * The LRU's key hash costs what ours does: XXH3 under a secret over the same
+ * [backend | type_len | type | params] bytes (ours draws its secret per cache;
+ * the baseline's is fixed by the seed: the bench has no attacker).
+ */
+
+static uint64_t lru_hash(const struct cache_key *k)
+{
+    char buf[256];
+    uint32_t tlen = (uint32_t)k->type_len;
+    memcpy(buf, &k->backend, 4);
+    memcpy(buf + 4, &tlen, 4);
+    memcpy(buf + 8, k->type, k->type_len);
+    memcpy(buf + 8 + k->type_len, k->params, k->params_len);
+    return XXH3_64bits_withSecret(buf, 8 + k->type_len + k->params_len, g_lru_secret,
+                                  sizeof(g_lru_secret));
+}
 
 static int lru_init(struct lru *l, uint64_t max_entries)
 {
@@ -225,7 +266,7 @@ static void lru_unlink(struct lru *l, struct lru_entry *e)
 
 static int lru_get(struct lru *l, const struct cache_key *k, void *buf, size_t cap, size_t *len)
 {
-    uint64_t h = cache_key_hash(k);
+    uint64_t h = lru_hash(k);
     pthread_mutex_lock(&l->lock);
     struct lru_entry *e = lru_find(l, h, k);
     if (e == NULL) {
@@ -244,7 +285,7 @@ static int lru_get(struct lru *l, const struct cache_key *k, void *buf, size_t c
 
 static int lru_set(struct lru *l, const struct cache_key *k, const void *v, size_t vlen)
 {
-    uint64_t h = cache_key_hash(k);
+    uint64_t h = lru_hash(k);
     struct lru_entry *n = malloc(sizeof(*n) + k->type_len + k->params_len + vlen);
     if (n == NULL)
         return -ENOMEM;
@@ -291,7 +332,7 @@ struct target {
 static int target_get(struct target *t, const struct cache_key *k, char *buf, size_t *len)
 {
     if (t->impl == IMPL_OURS)
-        return cache_get_copy(t->cache, k, 1000, buf, VALUE_MAX, len);
+        return cache_get_copy(t->cache, k, 1000, buf, VALUE_MAX, len, NULL);
     return lru_get(&t->lru, k, buf, VALUE_MAX, len);
 }
 
@@ -482,6 +523,145 @@ static void print_result(enum impl impl, unsigned nthreads, const struct result 
     fflush(stdout);
 }
 
+/* ---- allocator contention ------------------------------------------------ */
+
+enum alloc_mode { AM_SHARED, AM_PER_THREAD_ARENA, AM_SHARED_TCACHE, AM_MALLOC, AM_COUNT };
+static const char *const alloc_mode_name[AM_COUNT] = {"shared", "per_thread_arena", "shared_tcache",
+                                                      "malloc"};
+#define ALLOC_WINDOW 1024u /* blocks each thread keeps live */
+
+struct alloc_worker {
+    pthread_t thread;
+    pthread_barrier_t *barrier;
+    unsigned shared_arena;
+    uint32_t offset;
+    uint32_t ops;
+    int error;
+    double seconds[AM_COUNT];
+};
+
+/* The size of the entry a set of `key` allocates: header and node (~72
+ * bytes), type, params and value. */
+static size_t entry_size(uint32_t key)
+{
+    return 72 + sizeof(TYPE) - 1 + g_params_len[key] + value_len(key);
+}
+
+static int alloc_flags(struct alloc_worker *w, enum alloc_mode m, unsigned *own, unsigned *tc)
+{
+    size_t sz = sizeof(*tc);
+    switch (m) {
+    case AM_SHARED:
+        return arena_flags(w->shared_arena);
+    case AM_PER_THREAD_ARENA:
+        if (arena_create(own) != 0)
+            return -1;
+        return arena_flags(*own);
+    case AM_SHARED_TCACHE:
+        if (mallctl("tcache.create", tc, &sz, NULL, 0) != 0)
+            return -1;
+        return MALLOCX_ARENA(w->shared_arena) | MALLOCX_TCACHE(*tc);
+    default:
+        return 0;
+    }
+}
+
+static void alloc_pass(struct alloc_worker *w, enum alloc_mode m)
+{
+    static _Thread_local void *ring[ALLOC_WINDOW];
+    static _Thread_local size_t sizes[ALLOC_WINDOW];
+    unsigned own = 0, tc = 0;
+    int flags = alloc_flags(w, m, &own, &tc);
+    pthread_barrier_wait(w->barrier);
+    if (flags < 0) {
+        w->error = 1;
+        return;
+    }
+    memset(ring, 0, sizeof(ring));
+    double t0 = now_s();
+    for (uint32_t i = 0; i < w->ops; i++) {
+        uint32_t slot = i % ALLOC_WINDOW;
+        if (ring[slot] != NULL)
+            sdallocx(ring[slot], sizes[slot], flags);
+        sizes[slot] = entry_size(g_trace[(w->offset + i) % TRACE]);
+        ring[slot] = mallocx(sizes[slot], flags);
+        if (ring[slot] == NULL)
+            w->error = 1;
+    }
+    w->seconds[m] = now_s() - t0;
+    for (uint32_t slot = 0; slot < ALLOC_WINDOW; slot++)
+        if (ring[slot] != NULL)
+            sdallocx(ring[slot], sizes[slot], flags);
+    if (m == AM_PER_THREAD_ARENA)
+        (void)arena_destroy(own);
+    if (m == AM_SHARED_TCACHE)
+        (void)mallctl("tcache.destroy", NULL, NULL, &tc, sizeof(tc));
+}
+
+static void *alloc_main(void *arg)
+{
+    struct alloc_worker *w = arg;
+    for (int m = 0; m < AM_COUNT; m++)
+        alloc_pass(w, (enum alloc_mode)m);
+    return NULL;
+}
+
+/* One round of every mode with nthreads threads; keeps the best ops/s. */
+static int alloc_round(unsigned nthreads, unsigned arena, double best[AM_COUNT])
+{
+    struct alloc_worker w[2];
+    pthread_barrier_t barrier;
+    pthread_barrier_init(&barrier, NULL, nthreads);
+    for (unsigned i = 0; i < nthreads; i++) {
+        w[i] = (struct alloc_worker){
+            .barrier = &barrier,
+            .shared_arena = arena,
+            .offset = i * (TRACE / nthreads),
+            .ops = TRACE / nthreads,
+        };
+        if (pthread_create(&w[i].thread, NULL, alloc_main, &w[i]) != 0) {
+            fprintf(stderr, "cache_bench: pthread_create failed\n");
+            exit(1);
+        }
+    }
+    double sec[AM_COUNT] = {0};
+    int error = 0;
+    for (unsigned i = 0; i < nthreads; i++) {
+        pthread_join(w[i].thread, NULL);
+        error |= w[i].error;
+        for (int m = 0; m < AM_COUNT; m++)
+            if (w[i].seconds[m] > sec[m])
+                sec[m] = w[i].seconds[m];
+    }
+    pthread_barrier_destroy(&barrier);
+    if (error)
+        return -ENOMEM;
+    double ops = (double)(TRACE / nthreads) * nthreads;
+    for (int m = 0; m < AM_COUNT; m++)
+        if (ops / sec[m] > best[m])
+            best[m] = ops / sec[m];
+    return 0;
+}
+
+static int alloc_bench(unsigned arena)
+{
+    static const unsigned threads[] = {1, 2};
+    for (size_t i = 0; i < sizeof(threads) / sizeof(threads[0]); i++) {
+        double best[AM_COUNT] = {0};
+        for (unsigned round = 0; round < 2 * ROUNDS; round++) {
+            int rc = alloc_round(threads[i], arena, best);
+            if (rc != 0)
+                return rc;
+        }
+        for (int m = 0; m < AM_COUNT; m++)
+            printf("{\"bench\":\"cache_alloc\",\"mode\":\"%s\",\"threads\":%u,\"window\":%u,"
+                   "\"trace\":%u,\"rounds\":%u,\"ops_per_s\":%.0f}\n",
+                   alloc_mode_name[m], threads[i], ALLOC_WINDOW, TRACE, 2 * ROUNDS, best[m]);
+        fflush(stdout);
+    }
+    return 0;
+}
+
 int main(void)
 {
     unsigned arena = 0;
@@ -506,6 +686,11 @@ int main(void)
         }
         print_result(IMPL_OURS, threads[i], &best[IMPL_OURS]);
         print_result(IMPL_LRU, threads[i], &best[IMPL_LRU]);
+    }
+    rc = alloc_bench(arena);
+    if (rc != 0) {
+        fprintf(stderr, "cache_bench: alloc: %s\n", strerror(-rc));
+        status = 1;
     }
     arena_destroy(arena);
     free(g_trace);

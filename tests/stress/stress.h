@@ -31,5 +31,6 @@ int stress_cache_storm_sharded(char *err, size_t errlen);
 int stress_cache_storm_one_shard(char *err, size_t errlen);
 int stress_cache_storm_pressure(char *err, size_t errlen);
 int stress_cache_many_threads(char *err, size_t errlen);
+int stress_cache_fill_race(char *err, size_t errlen);
 
 #endif

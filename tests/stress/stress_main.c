@@ -45,6 +45,7 @@ static const struct stress_entry cases[] = {
     {"cache_storm_one_shard", stress_cache_storm_one_shard},
     {"cache_storm_pressure", stress_cache_storm_pressure},
     {"cache_many_threads", stress_cache_many_threads},
+    {"cache_fill_race", stress_cache_fill_race},
 };
 
 int main(int argc, char **argv)

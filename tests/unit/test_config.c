@@ -20,6 +20,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "arena.h"
+#include "cache.h"
 #include "config.h"
 
 static char err[512];
@@ -112,6 +114,7 @@ Test(config, defaults_match_spec)
     cr_expect_eq(cfg.cache.max_entries, 100000);
     cr_expect_eq(cfg.cache.ttl_ms, 5000);
     cr_expect_eq(cfg.cache.max_ttl_ms, 86400000);
+    cr_expect_eq(cfg.cache.serve_stale_ms, 0);
     cr_expect_eq(cfg.cache.max_object_bytes, 8388608);
     cr_expect_eq(cfg.cache.memory_watermark_bytes, 1073741824);
     cr_expect_eq(cfg.rate_limit.rate, 1000);
@@ -163,6 +166,7 @@ Test(config, table_defaults_match_spec)
         {"cache.max_entries", "100000"},
         {"cache.ttl_ms", "5000"},
         {"cache.max_ttl_ms", "86400000"},
+        {"cache.serve_stale_ms", "0"},
         {"rate_limit.rate", "1000"},
         {"rate_limit.burst", "2000"},
         {"rate_limit.max_inflight_per_client", "256"},
@@ -201,8 +205,9 @@ Test(config, table_is_well_formed)
         if (k->flags & CONFIG_F_EXTRA)
             extras++;
     }
-    /* max_client_output_bytes, cache.max_object_bytes, cache.memory_watermark_bytes */
-    cr_expect_eq(extras, 3);
+    /* max_client_output_bytes, cache.max_object_bytes, cache.memory_watermark_bytes,
+     * cache.serve_stale_ms */
+    cr_expect_eq(extras, 4);
 }
 
 /* --- loading ----------------------------------------------------------- */
@@ -391,6 +396,105 @@ Test(config, out_of_range)
                  "backends[0].retry.max: 11 is above the maximum 10", NULL);
     expect_error("{\"workers\": 99999999999999999999}", "test.json: line 1 column",
                  "too big integer");
+}
+
+/*
+ * Issue 15, 4: the cache.* rows are the cache's own limits. Every value the
+ * table accepts, cache_create accepts (max_object_bytes used to go to 4 GiB,
+ * where cache_create refuses above 2 GiB); the keys marked reloadable are
+ * exactly those cache_reconfigure applies; the watermark's help says which
+ * figure is compared (stats.allocated, not resident).
+ */
+Test(config, cache_rows_match_the_cache)
+{
+    const struct config_key *obj = config_key_find("cache.max_object_bytes");
+    cr_assert_not_null(obj);
+    cr_expect_eq(obj->max, (int64_t)CACHE_MAX_OBJECT_LIMIT);
+    expect_error("{\"cache\": {\"max_object_bytes\": 2147483649}}",
+                 "cache.max_object_bytes: 2147483649 is above the maximum 2147483648", NULL);
+    cr_expect_leq(config_key_find("cache.max_entries")->max, (int64_t)CACHE_MAX_ENTRIES_LIMIT);
+    cr_expect_eq(config_key_find("cache.ttl_ms")->min, CACHE_TTL_MIN_MS);
+    cr_expect_eq(config_key_find("cache.max_ttl_ms")->min, CACHE_TTL_MIN_MS);
+
+    /* The extremes of every row make a cache (max_bytes kept small: the
+     * tables are sized from it). */
+    struct broker_config cfg;
+    cr_assert_eq(config_init_defaults(&cfg), 0);
+    cr_assert_eq(load_text(&cfg, "{\"cache\": {\"max_bytes\": 16777216, "
+                                 "\"max_entries\": 100000000, \"ttl_ms\": 31536000000, "
+                                 "\"max_ttl_ms\": 31536000000, \"serve_stale_ms\": 86400000, "
+                                 "\"max_object_bytes\": 2147483648, "
+                                 "\"memory_watermark_bytes\": 1125899906842624}}"),
+                 0, "%s", err);
+    struct cache_config cc;
+    cache_config_default(&cc);
+    cc.max_bytes = cfg.cache.max_bytes;
+    cc.max_entries = cfg.cache.max_entries;
+    cc.ttl_ms = cfg.cache.ttl_ms;
+    cc.max_ttl_ms = cfg.cache.max_ttl_ms;
+    cc.stale_ms = cfg.cache.serve_stale_ms;
+    cc.max_object_bytes = cfg.cache.max_object_bytes;
+    cc.memory_watermark_bytes = cfg.cache.memory_watermark_bytes;
+    unsigned arena = 0;
+    struct cache *c = NULL;
+    cr_assert_eq(arena_create(&arena), 0);
+    cr_expect_eq(cache_create(&cc, arena, &c), 0, "the table's maxima refused by the cache");
+    cc.max_entries = 1;
+    cc.ttl_ms = CACHE_TTL_MIN_MS;
+    cc.max_ttl_ms = CACHE_TTL_MIN_MS;
+    cc.max_object_bytes = 1;
+    cc.memory_watermark_bytes = 0;
+    cr_expect_eq(cache_reconfigure(c, &cc), -EINVAL, "max_entries is not reloadable");
+    cc.max_entries = cfg.cache.max_entries;
+    cr_expect_eq(cache_reconfigure(c, &cc), 0, "the table's minima refused by the cache");
+    cache_free(c);
+    arena_destroy(arena);
+    config_destroy(&cfg);
+
+    static const char *const reloadable[] = {"cache.ttl_ms", "cache.max_ttl_ms",
+                                             "cache.max_object_bytes",
+                                             "cache.memory_watermark_bytes"};
+    size_t n = 0;
+    for (size_t i = 0; i < config_key_count(); i++) {
+        const struct config_key *k = config_key_at(i);
+        if (strncmp(k->name, "cache.", 6) != 0 || !(k->flags & CONFIG_F_RELOAD))
+            continue;
+        bool known = false;
+        for (size_t j = 0; j < sizeof(reloadable) / sizeof(reloadable[0]); j++)
+            known |= strcmp(k->name, reloadable[j]) == 0;
+        cr_expect(known, "%s is marked reloadable but cache_reconfigure cannot apply it", k->name);
+        n++;
+    }
+    cr_expect_eq(n, sizeof(reloadable) / sizeof(reloadable[0]));
+    const struct config_key *stale = config_key_find("cache.serve_stale_ms");
+    cr_assert_not_null(stale);
+    cr_expect_eq(stale->flags & CONFIG_F_RELOAD, 0);
+    cr_expect_eq(stale->max, CACHE_MAX_STALE_MS);
+    const char *help = config_key_find("cache.memory_watermark_bytes")->help;
+    cr_expect(strstr(help, "stats.allocated") != NULL && strstr(help, "resident") == NULL, "%s",
+              help);
+}
+
+Test(config, serve_stale_ms)
+{
+    struct broker_config cfg;
+    cr_assert_eq(config_init_defaults(&cfg), 0);
+    cr_assert_eq(load_text(&cfg, "{\"cache\": {\"serve_stale_ms\": 30000}}"), 0, "%s", err);
+    cr_expect_eq(cfg.cache.serve_stale_ms, 30000);
+    config_destroy(&cfg);
+    expect_error("{\"cache\": {\"serve_stale_ms\": -1}}",
+                 "cache.serve_stale_ms: -1 is below the minimum 0", NULL);
+    expect_error("{\"cache\": {\"serve_stale_ms\": 86400001}}",
+                 "cache.serve_stale_ms: 86400001 is above the maximum 86400000", NULL);
+
+    struct broker_config cur, next;
+    cr_assert_eq(config_init_defaults(&cur), 0);
+    cr_assert_eq(config_init_defaults(&next), 0);
+    cr_assert_eq(load_text(&next, "{\"cache\": {\"serve_stale_ms\": 5000}}"), 0, "%s", err);
+    cr_expect_eq(config_check_reload(&cur, &next, err, sizeof(err)), -EINVAL);
+    cr_expect(strstr(err, "cache.serve_stale_ms: changed") == err, "%s", err);
+    config_destroy(&cur);
+    config_destroy(&next);
 }
 
 Test(config, cross_field_rules)
