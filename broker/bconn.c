@@ -127,6 +127,7 @@ static void bconn_arm_recv(struct worker *w, struct bconn *bc)
 static void bconn_arm_send(struct worker *w, struct bconn *bc)
 {
     struct req *r = bc->req;
+    r->sent_any = true; /* from here its outcome may be "done" (cachepath_retire) */
     struct io_uring_sqe *sqe = worker_sqe(w);
     io_uring_prep_send(sqe, bc->slot->fd, r->breq.data + r->sent, r->breq.len - r->sent,
                        MSG_NOSIGNAL);

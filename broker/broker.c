@@ -30,6 +30,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "arena.h"
 #include "broker.h"
 #include "log.h"
 
@@ -117,6 +118,41 @@ static void backend_destroy(struct backend *be)
     pool_destroy(&be->pool); /* closes every connected slot, wherever it is */
     free(be->conns);
     be->conns = NULL;
+}
+
+/* The response cache in its own jemalloc arena (off when cache.max_bytes or
+ * cache.max_entries is 0), and the coalescing table. */
+static int cache_setup(struct broker *b, char *err, size_t errlen)
+{
+    int rc = coalesce_init(&b->coalesce);
+    if (rc < 0) {
+        snprintf(err, errlen, "cannot create the coalescing table: %s", strerror(-rc));
+        return rc;
+    }
+    b->coalesce_ok = true;
+    const struct config_cache *cc = &b->cfg.cache;
+    if (cc->max_bytes == 0 || cc->max_entries == 0)
+        return 0;
+    struct cache_config cfg;
+    cache_config_default(&cfg);
+    cfg.max_bytes = cc->max_bytes;
+    cfg.max_entries = cc->max_entries;
+    cfg.max_object_bytes = cc->max_object_bytes;
+    cfg.ttl_ms = cc->ttl_ms;
+    cfg.max_ttl_ms = cc->max_ttl_ms;
+    cfg.memory_watermark_bytes = cc->memory_watermark_bytes;
+    cfg.stale_ms = cc->serve_stale_ms;
+    if ((rc = arena_create(&b->cache_arena)) < 0) {
+        snprintf(err, errlen, "cache: cannot create its jemalloc arena: %s", strerror(-rc));
+        return rc;
+    }
+    b->cache_arena_ok = true;
+    if ((rc = cache_create(&cfg, b->cache_arena, &b->cache)) < 0) {
+        snprintf(err, errlen, "cache: cannot create it (max_bytes %llu, max_entries %u): %s",
+                 (unsigned long long)cc->max_bytes, cc->max_entries, strerror(-rc));
+        return rc;
+    }
+    return 0;
 }
 
 /* Bind the client socket with the configured mode from the start (umask
@@ -218,6 +254,8 @@ int broker_create(struct broker **out, struct broker_config *cfg, char *err, siz
             snprintf(err, errlen, "cannot create worker %u's io_uring: %s", i, strerror(-rc));
             goto err;
         }
+    if ((rc = cache_setup(b, err, errlen)) < 0)
+        goto err;
     if ((rc = listen_unix(b, err, errlen)) < 0)
         goto err;
     *out = b;
@@ -418,6 +456,22 @@ static int listener_loop(struct broker *b, struct io_uring *ring, int sfd)
     return 0;
 }
 
+/* The cache's figures, measured by the allocator, once at exit (until the
+ * admin socket reports them live). */
+static void log_cache_figures(struct broker *b)
+{
+    struct cache_stats st;
+    if (!b->cache || cache_stats_read(b->cache, &st) < 0)
+        return;
+    log_write(LOG_LEVEL_INFO, "cache at exit", LOG_UINT("entries", st.entries),
+              LOG_UINT("bytes", st.bytes), LOG_UINT("arena_bytes", st.arena_bytes),
+              LOG_UINT("overhead_bytes", st.overhead_bytes), LOG_UINT("hits", st.hits),
+              LOG_UINT("misses", st.misses), LOG_UINT("stale_hits", st.stale_hits),
+              LOG_UINT("evictions", st.evictions), LOG_UINT("expirations", st.expirations),
+              LOG_UINT("invalidations", st.invalidations), LOG_UINT("sets", st.sets),
+              LOG_UINT("stale_sets", st.stale_sets), LOG_UINT("max_bytes", st.max_bytes));
+}
+
 int broker_run(struct broker *b)
 {
     sigset_t mask;
@@ -469,6 +523,7 @@ int broker_run(struct broker *b)
         worker_join(b->workers[i]);
     io_uring_queue_exit(&ring);
     close(sfd);
+    log_cache_figures(b);
     log_write(LOG_LEVEL_INFO, "brokerd stopped", LOG_END);
     return rc;
 }
@@ -493,6 +548,11 @@ void broker_free(struct broker *b)
         close(b->listen_fd);
     if (b->listen_unlink)
         unlink(b->cfg.listen);
+    cache_free(b->cache);
+    if (b->cache_arena_ok)
+        arena_destroy(b->cache_arena);
+    if (b->coalesce_ok)
+        coalesce_destroy(&b->coalesce);
     config_destroy(&b->cfg);
     free(b);
 }

@@ -29,6 +29,8 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "cache.h"
+#include "coalesce.h"
 #include "config.h"
 #include "frame.h"
 #include "pool.h"
@@ -61,6 +63,7 @@ struct backend_stats {
     _Atomic uint64_t requests, ok, errors, timeouts, connects, connect_failures, closed;
     _Atomic uint64_t stale_closed; /* idle connections found dead before reuse */
     _Atomic uint64_t abandoned;    /* queued requests dropped: their client was gone */
+    _Atomic uint64_t cache_hits, cache_misses, stale_served, coalesced;
     _Atomic uint32_t open_conns, peak_conns;
 };
 
@@ -85,6 +88,13 @@ struct broker {
     _Atomic uint32_t nclients; /* connected clients, for max_clients */
     _Atomic uint32_t inflight; /* requests in flight, for rate_limit.max_inflight */
     _Atomic bool stopping;
+    /* The response cache (NULL: off) in its own jemalloc arena, and the
+     * table of in-flight misses that identical ones join. */
+    struct cache *cache;
+    unsigned cache_arena;
+    bool cache_arena_ok;
+    struct coalesce coalesce;
+    bool coalesce_ok;
     /* Shutdown barrier: a worker that has nothing left stays in its loop
      * (returning stray slots to the pool) until every started worker has
      * nothing left, so no slot is stranded in a ring nobody reads. */
@@ -97,6 +107,7 @@ enum broker_msg {
     BROKER_MSG_SHUTDOWN = 2,
     BROKER_MSG_HANDOFF = 3,
     BROKER_MSG_EXIT = 4, /* every worker is finished: leave the loop */
+    BROKER_MSG_COALESCED = 5, /* payload: a closed coalesce_ticket with our followers */
 };
 
 /* Build everything from cfg (taken over: the broker destroys it). Binds the

@@ -104,6 +104,8 @@ void deadline_sync(struct worker *w)
         want = w->grace_deadline_ns;
     if (w->grace_expired && !w->force_close && (!want || w->flush_deadline_ns < want))
         want = w->flush_deadline_ns;
+    if (w->housekeeping_ns && (!want || w->housekeeping_ns < want))
+        want = w->housekeeping_ns;
     if (!want || (w->timer_armed_ns && w->timer_armed_ns <= want))
         return; /* nothing to wait for, or an earlier timer already fires */
     ns_to_ts(want, &w->timer_ts);

@@ -32,7 +32,9 @@ void handoff_receive(struct worker *w, uint64_t token, struct pool_slot *slot)
     struct req *r = req_at(w, (uint32_t)(token >> 8) & 0xffffffu);
     struct bconn *bc = slot->ctx;
     if (r && r->state == REQ_QUEUED && (r->gen & 0xffffffu) == (uint32_t)(token >> 32)) {
-        if (!r->c->dead) {
+        /* A coalescing leader runs for its followers even when its own
+         * client is gone (it is a read: running it changes nothing). */
+        if (!r->c->dead || r->ticket) {
             bconn_start(w, r, slot);
             return;
         }

@@ -15,11 +15,11 @@
 
 /* Top-level (or section) paths not in effect yet. */
 static const char *const pending_top[] = {
-    "allow_uids", "allow_gids", "admin_listen", "compat_listen", "cache",
+    "allow_uids", "allow_gids", "admin_listen", "compat_listen",
     "rate_limit.rate", "rate_limit.burst", "scripts", "paths",
 };
 /* Per-backend paths not in effect yet. */
-static const char *const pending_backend[] = {"health", "breaker", "retry", "read_only"};
+static const char *const pending_backend[] = {"health", "breaker", "retry"};
 
 static json_t *dump(const struct broker_config *cfg)
 {

@@ -539,12 +539,12 @@ int proto_write_json_string(struct proto_buf *b, const char *s, size_t len, size
 
 /* ---- response writers -------------------------------------------------- */
 
-int proto_write_success(struct proto_buf *b, const struct proto_span *id,
-                        const struct proto_span *result, bool cached)
+int proto_write_answer(struct proto_buf *b, const struct proto_span *id,
+                       const struct proto_span *result, unsigned flags, size_t *result_off)
 {
     static const char head[] = "{\"id\":";
     static const char mid[] = ",\"status\":\"success\",\"result\":";
-    static const char tail[] = ",\"cached\":false}\n";
+    static const char tail[] = ",\"cached\":false,\"stale\":true}\n";
     size_t rlen = result && result->ptr ? result->len : 4;
     char *r;
 
@@ -553,23 +553,48 @@ int proto_write_success(struct proto_buf *b, const struct proto_span *id,
     PUT_LIT(b, head);
     put_id(b, id);
     PUT_LIT(b, mid);
+    if (result_off)
+        *result_off = b->len;
     r = b->data + b->len;
     if (result && result->ptr) {
         put(b, result->ptr, rlen);
         /* a pretty-printing backend may send newlines; in valid JSON they
          * are whitespace, and a raw one would split the response line */
-        for (char *q = r; (q = memchr(q, '\n', (size_t)(b->data + b->len - q))) != NULL;)
+        for (char *q = r; !(flags & PROTO_ANSWER_CLEAN) &&
+                          (q = memchr(q, '\n', (size_t)(b->data + b->len - q))) != NULL;)
             *q++ = ' ';
-        for (char *q = r; (q = memchr(q, '\r', (size_t)(b->data + b->len - q))) != NULL;)
+        for (char *q = r; !(flags & PROTO_ANSWER_CLEAN) &&
+                          (q = memchr(q, '\r', (size_t)(b->data + b->len - q))) != NULL;)
             *q++ = ' ';
     } else {
         PUT_LIT(b, "null");
     }
-    if (cached)
+    if (flags & PROTO_ANSWER_STALE)
+        PUT_LIT(b, ",\"cached\":true,\"stale\":true}\n");
+    else if (flags & PROTO_ANSWER_CACHED)
         PUT_LIT(b, ",\"cached\":true}\n");
     else
-        PUT_LIT(b, tail);
+        PUT_LIT(b, ",\"cached\":false}\n");
     return 0;
+}
+
+int proto_write_success(struct proto_buf *b, const struct proto_span *id,
+                        const struct proto_span *result, bool cached)
+{
+    return proto_write_answer(b, id, result, cached ? PROTO_ANSWER_CACHED : 0, NULL);
+}
+
+size_t proto_answer_id_prefix_len(const struct proto_span *id)
+{
+    return 6 + id_len(id); /* {"id": + the id as put_id writes it */
+}
+
+struct proto_span proto_backend_request_params(const struct proto_buf *b, size_t type_len,
+                                               bool ndjson)
+{
+    /* {"type":"<type>","params":<params>}[\n] (proto_write_backend_request) */
+    size_t start = 9 + type_len + 11, end = b->len - 1 - (ndjson ? 1 : 0);
+    return (struct proto_span){b->data + start, end - start};
 }
 
 /* Decimal digits of v into buf (>= 20 bytes), returns the length. */

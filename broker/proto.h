@@ -140,6 +140,30 @@ int proto_buf_append_try(struct proto_buf *b, const void *data, size_t len);
 int proto_write_success(struct proto_buf *b, const struct proto_span *id,
                         const struct proto_span *result, bool cached);
 
+/*
+ * proto_write_success with flags: PROTO_ANSWER_CACHED writes "cached":true,
+ * PROTO_ANSWER_STALE adds "stale":true (served from an expired entry while
+ * the backend could not answer), PROTO_ANSWER_CLEAN says result holds no raw
+ * CR/LF (it came from the cache, cleaned when stored): no scan. When
+ * result_off is not NULL it receives the offset in b of the result as
+ * written (the client-ready bytes the cache stores). 0 or -ENOMEM.
+ */
+#define PROTO_ANSWER_CACHED 0x1u
+#define PROTO_ANSWER_STALE 0x2u
+#define PROTO_ANSWER_CLEAN 0x4u
+int proto_write_answer(struct proto_buf *b, const struct proto_span *id,
+                       const struct proto_span *result, unsigned flags, size_t *result_off);
+
+/* Every answer starts with {"id":<id>; this is that prefix's length for an
+ * id span (what follows it is the same for every request that shares the
+ * answer: coalesced followers). */
+size_t proto_answer_id_prefix_len(const struct proto_span *id);
+
+/* Where the params of a backend request written by
+ * proto_write_backend_request for a type of type_len bytes sit in b. */
+struct proto_span proto_backend_request_params(const struct proto_buf *b, size_t type_len,
+                                               bool ndjson);
+
 /* Flags for proto_write_json_string / proto_write_error_ex.
  * PROTO_STR_JSON: the input is the raw contents of a valid JSON string
  * (between the quotes); decode its escapes before sanitising. */

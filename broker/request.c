@@ -64,6 +64,7 @@ static void req_release(struct worker *w, struct req *r)
     r->c = NULL;
     r->bc = NULL;
     r->be = NULL;
+    r->ticket = NULL;
     r->breq.len = 0;
     if (r->breq.cap > 64u * 1024u)
         proto_buf_free(&r->breq); /* keep small buffers for reuse only */
@@ -91,19 +92,57 @@ void req_done(struct worker *w, struct req *r)
     }
     if (r->state == REQ_QUEUED)
         pool_cancel_wait(&r->be->pool); /* gave up waiting: not a live waiter now */
+    if (r->ticket)
+        cachepath_share(w, r, NULL, 0); /* no answer to share: followers time out */
+    cachepath_retire(w, r);
     req_release(w, r);
+    client_mark_dirty(w, c);
+}
+
+struct proto_buf *req_answer_out(struct worker *w, struct req *r)
+{
+    if (r->ticket || r->c->dead) {
+        w->scratch.len = 0;
+        return &w->scratch;
+    }
+    return &r->c->out;
+}
+
+void req_answer_commit(struct worker *w, struct req *r, struct proto_buf *out, size_t start,
+                       int rc)
+{
+    struct client *c = r->c;
+    if (rc < 0) {
+        out->len = start;
+        if (!c->dead) {
+            log_write(LOG_LEVEL_ERROR, "out of memory buffering a response; closing client",
+                      LOG_INT("fd", c->fd));
+            c->dead = true; /* cut off, loudly, rather than miss an answer */
+        }
+    } else if (out == &w->scratch && !c->dead &&
+               proto_buf_append_try(&c->out, out->data + start, out->len - start) < 0) {
+        c->dead = true;
+    }
+    if (r->ticket)
+        cachepath_share(w, r, rc == 0 ? out : NULL, start);
     client_mark_dirty(w, c);
 }
 
 void req_fail(struct worker *w, struct req *r, enum proto_code code, const char *fmt, ...)
 {
+    /* The backend cannot answer: a recently expired entry may (serve-stale). */
+    if (code == PROTO_UNAVAILABLE && cachepath_serve_stale(w, r))
+        return;
     char msg[PROTO_MESSAGE_MAX];
     va_list ap;
     va_start(ap, fmt);
     size_t len = msg_vformat(msg, sizeof msg, fmt, ap);
     va_end(ap);
     struct proto_span id = req_id(r);
-    client_emit_error(w, r->c, &id, code, msg, len, 0);
+    struct proto_buf *out = req_answer_out(w, r);
+    size_t start = out->len;
+    int rc = proto_write_error_ex(out, &id, code, msg, len, -1, 0);
+    req_answer_commit(w, r, out, start, rc);
     if (code == PROTO_TIMEOUT)
         atomic_fetch_add_explicit(&r->be->stats.timeouts, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&r->be->stats.errors, 1, memory_order_relaxed);
@@ -111,21 +150,25 @@ void req_fail(struct worker *w, struct req *r, enum proto_code code, const char 
 }
 
 /* The backend's answer, classified: a success passes its result on
- * untouched; an error reply passes its message on, sanitised. */
+ * untouched (and fills the cache for a read); an error reply passes its
+ * message on, sanitised. */
 void req_answer_reply(struct worker *w, struct req *r, const struct proto_reply *rep)
 {
-    struct client *c = r->c;
     struct proto_span id = req_id(r);
+    struct proto_buf *out = req_answer_out(w, r);
+    size_t start = out->len, result_off = 0;
+    int rc;
     if (rep->kind == PROTO_REPLY_SUCCESS) {
-        if (!c->dead && proto_write_success(&c->out, &id, &rep->result, false) < 0)
-            c->dead = true; /* cannot buffer the answer: cut the client off, loudly */
-        client_mark_dirty(w, c);
+        rc = proto_write_answer(out, &id, &rep->result, 0, &result_off);
+        if (rc == 0 && rep->result.ptr)
+            cachepath_fill(w, r, out->data + result_off, rep->result.len);
         atomic_fetch_add_explicit(&r->be->stats.ok, 1, memory_order_relaxed);
     } else {
-        client_emit_error(w, c, &id, PROTO_BACKEND_ERROR, rep->message.ptr, rep->message.len,
-                          rep->message_flags);
+        rc = proto_write_error_ex(out, &id, PROTO_BACKEND_ERROR, rep->message.ptr,
+                                  rep->message.len, -1, rep->message_flags);
         atomic_fetch_add_explicit(&r->be->stats.errors, 1, memory_order_relaxed);
     }
+    req_answer_commit(w, r, out, start, rc);
     req_done(w, r);
 }
 
@@ -159,14 +202,10 @@ static struct backend *req_route(struct worker *w, struct client *c, const struc
     return NULL;
 }
 
-/* admit: not while shutting down, not past rate_limit.max_inflight. On
- * true the request counts in b->inflight until req_done. */
+/* admit: not past rate_limit.max_inflight. On true the request counts in
+ * b->inflight until req_done. */
 static bool req_admit(struct worker *w, struct client *c, const struct proto_request *rq)
 {
-    if (w->draining) {
-        client_emit_errorf(w, c, &rq->id, PROTO_SHUTTING_DOWN, "the broker is shutting down");
-        return false;
-    }
     uint32_t cap = w->b->cfg.rate_limit.max_inflight;
     if (atomic_fetch_add_explicit(&w->b->inflight, 1, memory_order_relaxed) >= cap) {
         atomic_fetch_sub_explicit(&w->b->inflight, 1, memory_order_relaxed);
@@ -180,7 +219,7 @@ static bool req_admit(struct worker *w, struct client *c, const struct proto_req
 /* build: the request record, its backend bytes (written once, pure ASCII)
  * and its deadline. NULL when it was answered already (an error). */
 static struct req *req_build(struct worker *w, struct client *c, struct backend *be,
-                             const struct proto_request *rq)
+                             const struct proto_request *rq, uint64_t cache_gen)
 {
     struct req *r = req_alloc(w);
     if (!r) {
@@ -192,6 +231,13 @@ static struct req *req_build(struct worker *w, struct client *c, struct backend 
     r->c = c;
     r->be = be;
     r->bc = NULL;
+    bool read = config_is_read_only(be->cfg, rq->type.ptr, rq->type.len);
+    r->cacheable = read && w->b->cache;
+    r->bypass = !rq->cache;
+    r->mutating = !read;
+    r->sent_any = false;
+    r->cache_gen = cache_gen;
+    r->ticket = NULL;
     memcpy(r->id, rq->id.ptr, rq->id.len); /* <= PROTO_ID_MAX + quotes, parser-checked */
     r->id_len = (uint8_t)rq->id.len;
     c->inflight++;
@@ -239,7 +285,9 @@ static void req_to_pool(struct worker *w, struct req *r)
     }
 }
 
-/* A request's way: each stage answers the line itself when it stops it. */
+/* A request's way: parse -> route -> admit (shutdown) -> cache -> admit
+ * (in flight) -> build -> coalesce -> pool. Each stage answers the line
+ * itself when it stops it. */
 void request_line(struct worker *w, struct client *c, const char *line, size_t len)
 {
     struct proto_request rq;
@@ -248,10 +296,23 @@ void request_line(struct worker *w, struct client *c, const char *line, size_t l
     if (!req_parse(w, c, line, len, &rq))
         return;
     struct backend *be = req_route(w, c, &rq);
-    if (!be || !req_admit(w, c, &rq))
+    if (!be)
         return;
-    struct req *r = req_build(w, c, be, &rq);
+    if (w->draining) {
+        client_emit_errorf(w, c, &rq.id, PROTO_SHUTTING_DOWN, "the broker is shutting down");
+        return;
+    }
+    uint64_t gen;
+    if (cachepath_hit(w, c, be, &rq, &gen))
+        return;
+    if (!req_admit(w, c, &rq))
+        return;
+    struct req *r = req_build(w, c, be, &rq, gen);
     if (!r)
+        return;
+    if (!rq.params_ascii && cachepath_hit_built(w, r))
+        return;
+    if (cachepath_coalesce(w, r))
         return;
     req_to_pool(w, r);
 }

@@ -41,6 +41,8 @@ static void on_timer(struct worker *w)
     w->timer_armed_ns = 0;
     uint64_t now = now_ns();
     request_expire(w, now);
+    if (w->housekeeping_ns && now >= w->housekeeping_ns)
+        w->housekeeping_ns = cachepath_housekeeping(w, now);
     if (w->draining && !w->grace_expired && now >= w->grace_deadline_ns) {
         w->grace_expired = true;
         w->flush_deadline_ns = now + SHUTDOWN_FLUSH_NS;
@@ -73,6 +75,8 @@ static void on_msg(struct worker *w, uint64_t ud, int res)
             drain_inbox(w);
             client_mark_all_dirty(w); /* idle ones close now */
         }
+    } else if (kind == BROKER_MSG_COALESCED) {
+        cachepath_on_ticket(w, (struct coalesce_ticket *)(uintptr_t)payload);
     } else if (kind == BROKER_MSG_EXIT) {
         w->exit_now = true;
     } else if (kind == BROKER_MSG_HANDOFF) {
@@ -146,6 +150,9 @@ static void worker_mark_finished(struct worker *w)
     if (w->finished)
         return;
     w->finished = true;
+    /* Our messages to others (handoffs, coalesced answers) go out before we
+     * count: whoever sees the count complete has them queued already. */
+    io_uring_submit(&w->ring);
     uint32_t n = atomic_fetch_add_explicit(&b->nfinished, 1, memory_order_acq_rel) + 1;
     if (n == atomic_load_explicit(&b->nstarted, memory_order_acquire)) {
         for (uint32_t i = 0; i < n; i++)
@@ -163,6 +170,27 @@ static int ring_enable(struct io_uring *ring)
     return rc < 0 ? -errno : 0;
 }
 
+/* Leaving: send what is queued, then take the messages already sent to us
+ * (every sender submitted before it counted itself finished): a coalesced
+ * ticket is dropped (its followers are gone), a slot goes back to the
+ * pool. Nothing can be sent to us after every worker has finished. */
+static void worker_drain_messages(struct worker *w)
+{
+    io_uring_submit_and_get_events(&w->ring);
+    struct io_uring_cqe *cqe;
+    unsigned head, n = 0;
+    io_uring_for_each_cqe(&w->ring, head, cqe)
+    {
+        uint64_t ud = io_uring_cqe_get_data64(cqe);
+        unsigned kind = (unsigned)(ud >> 3) & 31u;
+        if (UD_TAG(ud) == UD_MSG && (kind == BROKER_MSG_COALESCED || kind == BROKER_MSG_HANDOFF))
+            on_msg(w, ud, cqe->res);
+        n++;
+    }
+    io_uring_cq_advance(&w->ring, n);
+    handoff_run_local(w); /* a stale slot passed on to another of our stale tokens */
+}
+
 static void *worker_main(void *arg)
 {
     struct worker *w = arg;
@@ -172,6 +200,10 @@ static void *worker_main(void *arg)
     pthread_setname_np(pthread_self(), name); /* for top -H, perf, gdb */
     /* SINGLE_ISSUER: this thread becomes the ring's only submitter. */
     int rc = ring_enable(&w->ring);
+    /* Worker 0 keeps the cache's memory-pressure figure fresh, off every
+     * request path (a mallctl epoch refresh costs tens of microseconds). */
+    if (w->id == 0 && w->b->cache && w->b->cfg.cache.memory_watermark_bytes)
+        w->housekeeping_ns = now_ns() + CACHE_PRESSURE_CHECK_MS * 1000000u;
     atomic_store_explicit(&w->ready, rc == 0 ? 1 : -1, memory_order_release);
     if (rc < 0) {
         log_write(LOG_LEVEL_ERROR, "cannot enable worker ring", LOG_ERRNO(rc),
@@ -208,7 +240,7 @@ static void *worker_main(void *arg)
     }
     worker_mark_finished(w); /* after a ring failure too: never hold the others */
     atomic_store_explicit(&w->exited, true, memory_order_release);
-    io_uring_submit(&w->ring); /* pending handoff and exit messages, if any */
+    worker_drain_messages(w);
     return NULL;
 }
 
@@ -298,5 +330,6 @@ void worker_free(struct worker *w)
     request_store_free(w);
     free(w->heap);
     free(w->handoffs);
+    proto_buf_free(&w->scratch);
     free(w);
 }

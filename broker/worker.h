@@ -6,9 +6,12 @@
  *
  *   client.c    a client socket: read, split into lines, queue answers,
  *               back-pressure, close
- *   request.c   parse -> route -> admit -> pool: every line becomes one
- *               request or one error; and the answer: one function per
- *               outcome writes it and retires the request
+ *   request.c   parse -> route -> admit -> cache -> build -> coalesce ->
+ *               pool: every line becomes one request or one error; and the
+ *               answer: one function per outcome writes it and retires the
+ *               request
+ *   cachepath.c the cache in the way: hits answered at once, misses
+ *               coalesced (coalesce.c), fills, invalidation, serve-stale
  *   handoff.c   a request that waits for a backend slot gets it: from this
  *               worker's own release, or from another worker through
  *               MSG_RING
@@ -41,8 +44,10 @@
 
 /* NEW: admitted, not in a pool queue; QUEUED: its token waits in the pool
  * (leaving that state without the handoff calls pool_cancel_wait); ACTIVE:
- * holds a slot. */
-enum req_state { REQ_FREE, REQ_NEW, REQ_QUEUED, REQ_ACTIVE };
+ * holds a slot; FOLLOWING: waits for a coalescing leader's answer. */
+enum req_state { REQ_FREE, REQ_NEW, REQ_QUEUED, REQ_ACTIVE, REQ_FOLLOWING };
+
+struct coalesce_ticket;
 
 struct client;
 
@@ -59,6 +64,13 @@ struct req {
     uint64_t key_ns;      /* heap key: min(deadline_ns, idle_ns) */
     uint32_t timeout_ms;
     uint32_t heap_idx; /* position in the deadline heap, UINT32_MAX if none */
+    /* cache (cachepath.c) */
+    bool cacheable;   /* a read_only command and the cache is on: filled on success */
+    bool bypass;      /* "cache": false: no lookup, no coalescing */
+    bool mutating;    /* not read_only: invalidates its backend's entries */
+    bool sent_any;    /* a byte of it may have reached the backend */
+    uint64_t cache_gen;             /* generation read before the lookup (miss) */
+    struct coalesce_ticket *ticket; /* leader: its followers' ticket, open */
     uint8_t id_len;
     char id[PROTO_ID_MAX + 24];
     struct req *next_free;
@@ -115,6 +127,9 @@ struct worker {
     /* local handoffs: slots released to a waiter of this worker (handoff.c) */
     struct handoff *handoffs;
     uint32_t nhandoffs, handoffs_cap;
+    /* an answer that goes to several clients (coalescing leader) */
+    struct proto_buf scratch;
+    uint64_t housekeeping_ns; /* worker 0: next cache pressure check; 0 = none */
     /* backend connections (bconn.c) */
     uint32_t nattached;   /* backend slots held (bconn attached) */
     struct bconn *cqe_bc; /* bconn whose completion is being handled */
@@ -195,6 +210,12 @@ void request_line(struct worker *w, struct client *c, const char *line, size_t l
 struct req *req_at(struct worker *w, uint32_t idx);
 /* The backend answered (rep classified by proto_parse_backend_reply). */
 void req_answer_reply(struct worker *w, struct req *r, const struct proto_reply *rep);
+/* Where r's answer is written: the client's output, or the worker's
+ * scratch buffer when others share it (a coalescing leader) or its client
+ * is gone. Then req_answer_commit(rc of the writer) delivers it. */
+struct proto_buf *req_answer_out(struct worker *w, struct req *r);
+void req_answer_commit(struct worker *w, struct req *r, struct proto_buf *out, size_t start,
+                       int rc);
 /* Answer with an error and retire the request. */
 void req_fail(struct worker *w, struct req *r, enum proto_code code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
@@ -204,6 +225,32 @@ void req_done(struct worker *w, struct req *r);
 void request_expire(struct worker *w, uint64_t now);
 void request_fail_all(struct worker *w, enum proto_code code, const char *msg);
 void request_store_free(struct worker *w);
+
+/* cachepath.c */
+/* The read's answer from the cache, before a request is built (ASCII
+ * params: the client's bytes are the forwarded bytes). true: answered.
+ * Else *gen is the generation to fill with. */
+bool cachepath_hit(struct worker *w, struct client *c, struct backend *be,
+                   const struct proto_request *rq, uint64_t *gen);
+/* The same for a built request (non-ASCII params: key on the forwarded
+ * bytes). true: answered and retired. */
+bool cachepath_hit_built(struct worker *w, struct req *r);
+/* A cacheable miss: become the leader, or park as a follower (true). */
+bool cachepath_coalesce(struct worker *w, struct req *r);
+/* The backend could not answer r: answer from an entry expired less than
+ * cache.serve_stale_ms ago, marked stale (true), or not (false). */
+bool cachepath_serve_stale(struct worker *w, struct req *r);
+/* On the way out of every request (req_done): invalidate after a mutating
+ * command that may have reached the backend. */
+void cachepath_retire(struct worker *w, struct req *r);
+/* A successful reply of a cacheable read, as written for the client. */
+void cachepath_fill(struct worker *w, struct req *r, const char *value, size_t len);
+/* The leader's answer ans[start..] is complete: give it to its followers. */
+void cachepath_share(struct worker *w, struct req *r, const struct proto_buf *ans, size_t start);
+/* A ticket sent by another worker (MSG_RING): answer our followers. */
+void cachepath_on_ticket(struct worker *w, struct coalesce_ticket *t);
+/* Pressure check of the cache (worker 0's timer); next due time. */
+uint64_t cachepath_housekeeping(struct worker *w, uint64_t now);
 
 /* handoff.c */
 uint64_t handoff_token(const struct worker *w, const struct req *r);

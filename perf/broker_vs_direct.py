@@ -120,7 +120,10 @@ def main():
         for name, bindir in builds:
             for nw in workers:
                 sock = os.path.join(tmp, "%s%d.sock" % (name, nw))
+                # No response cache: these cases measure the relay (the cache
+                # has its own benchmark, perf/cache_path.py).
                 cfg = {"listen": sock, "workers": nw, "log": {"level": "warn"},
+                       "cache": {"max_bytes": 0},
                        "backends": [{"name": "mock", "address": backend, "pool_size": a.pool}]}
                 cfg_path = os.path.join(tmp, "%s%d.json" % (name, nw))
                 with open(cfg_path, "w") as f:
