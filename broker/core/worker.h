@@ -4,22 +4,22 @@
  *
  * A request's way, one stage per file (all on the worker's own thread):
  *
- *   client.c    a client socket: read, split into lines, queue answers,
- *               back-pressure, close
- *   request.c   parse -> route -> admit -> cache -> build -> coalesce ->
- *               pool: every line becomes one request or one error; and the
- *               answer: one function per outcome writes it and retires the
- *               request
- *   cachepath.c the cache in the way: hits answered at once, misses
- *               coalesced (coalesce.c), fills, invalidation, serve-stale
- *   handoff.c   a request that waits for a backend slot gets it: from this
- *               worker's own release, or from another worker through
- *               MSG_RING
- *   bconn.c     a backend connection while a request holds it: connect,
- *               send, receive, frame, classify, release
- *   deadline.c  every request's deadline in one heap, one kernel timer
- *   worker.c    the thread: the io_uring loop, completion dispatch, new
- *               clients, shutdown
+ *   front/client.c      a client socket: read, split into lines, queue
+ *                       answers, back-pressure, close
+ *   path/request.c      parse -> route -> admit -> cache -> build ->
+ *                       coalesce -> pool: every line becomes one request or
+ *                       one error; and the answer: one function per outcome
+ *                       writes it and retires the request
+ *   path/cachepath.c    the cache in the way: hits answered at once, misses
+ *                       coalesced (coalesce.c), fills, invalidation, stale
+ *   backend/handoff.c   a request that waits for a backend slot gets it: from
+ *                       this worker's own release, or from another worker
+ *                       through MSG_RING
+ *   backend/bconn.c     a backend connection while a request holds it:
+ *                       connect, send, receive, frame, classify, release
+ *   core/deadline.c     every request's deadline in one heap, one timer
+ *   core/worker.c       the thread: the io_uring loop, completion dispatch,
+ *                       new clients, shutdown
  *
  * Ownership: client and req memory is released only when no operation that
  * refers to it is in flight (client->ops, bconn->ops), so no completion can
