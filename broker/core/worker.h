@@ -235,7 +235,9 @@ bool cachepath_hit(struct worker *w, struct client *c, struct backend *be,
 /* The same for a built request (non-ASCII params: key on the forwarded
  * bytes). true: answered and retired. */
 bool cachepath_hit_built(struct worker *w, struct req *r);
-/* A cacheable miss: become the leader, or park as a follower (true). */
+/* A cacheable miss: park as a follower, or become the leader - answered
+ * from the cache after all if a fill landed meanwhile - (true: handled),
+ * or go to the backend as the leader (false). */
 bool cachepath_coalesce(struct worker *w, struct req *r);
 /* The backend could not answer r: answer from an entry expired less than
  * cache.serve_stale_ms ago, marked stale (true), or not (false). */

@@ -154,9 +154,26 @@ bool cachepath_coalesce(struct worker *w, struct req *r)
         atomic_fetch_add_explicit(&r->be->stats.coalesced, 1, memory_order_relaxed);
         return true;
     }
-    if (rc == COALESCE_LEADER)
-        r->ticket = t;
-    return false; /* leader, or out of memory: to the backend */
+    if (rc != COALESCE_LEADER)
+        return false; /* out of memory: to the backend alone */
+    r->ticket = t;
+    /* Another worker's leader may have filled the entry between our miss and
+     * our join (its ticket closed just before): look once more, so that
+     * identical misses never make two calls. Followers that joined us
+     * meanwhile get this answer. */
+    struct cache_key key = req_key(r);
+    struct proto_span id = req_id(r);
+    struct proto_buf *out = req_answer_out(w, r);
+    size_t start = out->len;
+    if (lookup_into(b->cache, &key, out, &id, &r->cache_gen) != 0) {
+        out->len = start;
+        return false; /* the leader: to the backend */
+    }
+    atomic_fetch_add_explicit(&r->be->stats.cache_hits, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&r->be->stats.ok, 1, memory_order_relaxed);
+    req_answer_commit(w, r, out, start, 0);
+    req_done(w, r);
+    return true;
 }
 
 void cachepath_fill(struct worker *w, struct req *r, const char *value, size_t len)
