@@ -58,6 +58,31 @@ def read(path):
         return f.read()
 
 
+def measure(bindir, args, seconds, proxy, mockd):
+    """One loadgen run (1 s warm-up, 1 thread): its JSON line, and the cores
+    (CPU seconds per wall second) the proxy, mockd and loadgen used."""
+    p0 = cpu_s(proxy.pid) if proxy else 0.0
+    m0, l0, t0 = cpu_s(mockd.pid), children_cpu_s(), time.monotonic()
+    out = subprocess.run([os.path.join(bindir, "loadgen"), *args, "--duration", str(seconds),
+                          "--warmup", "1", "--threads", "1"],
+                         capture_output=True, text=True, check=True).stdout
+    wall = time.monotonic() - t0
+    cores = {"proxy": (cpu_s(proxy.pid) - p0) / wall if proxy else 0.0,
+             "mockd": (cpu_s(mockd.pid) - m0) / wall,
+             "loadgen": (children_cpu_s() - l0) / wall}
+    return json.loads(out), cores
+
+
+def stop_all(procs, tmp):
+    for p in reversed(procs):
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 def start_haproxy(exe, tmp, backend, threads, procs):
     sock = os.path.join(tmp, "h.sock")
     if backend.startswith("unix:"):
@@ -146,16 +171,7 @@ def main():
         runs = {k: [] for k in cases}
         for rnd in range(a.rounds):
             for case, (args, proxy) in cases.items():
-                p0 = cpu_s(proxy.pid) if proxy else 0.0
-                m0, l0, t0 = cpu_s(mockd.pid), children_cpu_s(), time.monotonic()
-                out = subprocess.run([os.path.join(a.bin, "loadgen"), *args, "--duration",
-                                      str(a.seconds), "--warmup", "1", "--threads", "1"],
-                                     capture_output=True, text=True, check=True).stdout
-                wall = time.monotonic() - t0
-                r = json.loads(out)
-                cores = {"proxy": (cpu_s(proxy.pid) - p0) / wall if proxy else 0.0,
-                         "mockd": (cpu_s(mockd.pid) - m0) / wall,
-                         "loadgen": (children_cpu_s() - l0) / wall}
+                r, cores = measure(a.bin, args, a.seconds, proxy, mockd)
                 cores["total"] = sum(cores.values())
                 rps = max(r["rps"], 1)
                 r.update(case=case, round=rnd, transport=a.transport,
@@ -181,13 +197,7 @@ def main():
             "ratio": {c: round(s["rps"] / summary["direct"]["rps"], 3)
                       for c, s in summary.items() if c != "direct"}}))
     finally:
-        for p in reversed(procs):
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        shutil.rmtree(tmp, ignore_errors=True)
+        stop_all(procs, tmp)
 
 
 if __name__ == "__main__":

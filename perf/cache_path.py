@@ -21,10 +21,10 @@ requests, for brokerd with coalescing and for the same burst with
 usage: perf/cache_path.py [--bin build/bin] [--work-us 85] [--pool 4]
        [--seconds 3] [--rounds 3] [--workers 2] [--bursts 100] [--burst 64]
 """
-import argparse, json, os, re, socket, statistics, subprocess, sys, tempfile, time, shutil, signal
+import argparse, json, os, socket, statistics, subprocess, sys, tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from broker_vs_direct import cpu_s, children_cpu_s, wait_for, read  # noqa: E402
+from broker_vs_direct import measure, stop_all, wait_for, read  # noqa: E402
 
 
 def start_broker(bindir, tmp, name, backend, pool, workers, cache_on, procs):
@@ -130,18 +130,10 @@ def main():
         runs = {k: [] for k in cases}
         for rnd in range(a.rounds):
             for case, (args, proxy) in cases.items():
-                p0 = cpu_s(proxy.pid) if proxy else 0.0
-                m0, l0, t0 = cpu_s(mockd.pid), children_cpu_s(), time.monotonic()
-                out = subprocess.run([os.path.join(a.bin, "loadgen"), *args, "--duration",
-                                      str(a.seconds), "--warmup", "1", "--threads", "1",
-                                      "--type", "get_scene_info"],
-                                     capture_output=True, text=True, check=True).stdout
-                wall = time.monotonic() - t0
-                r = json.loads(out)
+                r, cores = measure(a.bin, args + ["--type", "get_scene_info"], a.seconds,
+                                   proxy, mockd)
+                cores["broker"] = cores.pop("proxy")
                 rps = max(r["rps"], 1)
-                cores = {"broker": (cpu_s(proxy.pid) - p0) / wall if proxy else 0.0,
-                         "mockd": (cpu_s(mockd.pid) - m0) / wall,
-                         "loadgen": (children_cpu_s() - l0) / wall}
                 r.update(case=case, round=rnd, work_us=a.work_us,
                          cpu_us_per_req={k: round(v * 1e6 / rps, 2) for k, v in cores.items()})
                 print(json.dumps(r), flush=True)
@@ -167,13 +159,7 @@ def main():
                      work_us=a.work_us)
             print(json.dumps(r), flush=True)
     finally:
-        for p in reversed(procs):
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        shutil.rmtree(tmp, ignore_errors=True)
+        stop_all(procs, tmp)
 
 
 if __name__ == "__main__":

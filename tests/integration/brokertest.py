@@ -399,6 +399,24 @@ def err_code(resp):
     return (resp.get("error") or {}).get("code")
 
 
+def short(v):
+    """repr(v) cut to 300 characters, for assertion messages."""
+    s = repr(v)
+    return s if len(s) <= 300 else s[:300] + "..."
+
+
+def assert_success(r, what=""):
+    """r is a success answer; returns its result."""
+    assert r.get("status") == "success", "%s: expected success, got %s" % (what, short(r))
+    return r["result"]
+
+
+def assert_code(r, code, what=""):
+    """r is an error answer with this code; returns its message."""
+    assert err_code(r) == code, "%s: expected error %s, got %s" % (what, code, short(r))
+    return r["error"]["message"]
+
+
 class Env:
     """One case's temp dir and child processes. finish() checks every
     broker's exit code and every child's stderr for sanitizer reports;

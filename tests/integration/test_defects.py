@@ -30,6 +30,7 @@ sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import brokertest as bt  # noqa: E402
 from brokertest import t, line, request, err_code  # noqa: E402
+from brokertest import short, assert_success, assert_code  # noqa: E402,F401
 
 CASES = []
 
@@ -37,21 +38,6 @@ CASES = []
 def case(fn):
     CASES.append(fn)
     return fn
-
-
-def short(v):
-    s = repr(v)
-    return s if len(s) <= 300 else s[:300] + "..."
-
-
-def assert_success(r, what=""):
-    assert r.get("status") == "success", "%s: expected success, got %s" % (what, short(r))
-    return r["result"]
-
-
-def assert_code(r, code, what=""):
-    assert err_code(r) == code, "%s: expected error %s, got %s" % (what, code, short(r))
-    return r["error"]["message"]
 
 
 def cpu_seconds(pid):
