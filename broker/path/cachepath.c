@@ -33,9 +33,11 @@
  * the connection without a reply) a read whose entry expired less than
  * cache.serve_stale_ms ago is answered from it, "stale": true.
  *
- * Limits (alloc/cache.h): the first 128 threads to read a cache get
- * lock-free reader slots for its lifetime; brokerd's workers (at most 256)
- * beyond that read under the shard mutex.
+ * Limits (alloc/cache.h): each thread that reads the cache holds one of
+ * 256 lock-free reader slots for the cache's life - one per worker, and
+ * brokerd has at most 256 (a thread beyond that would read under the shard
+ * mutex). Hits and misses are counted in shared per-backend atomics for now;
+ * per-worker counters come with the admin socket's figures.
  */
 #include <errno.h>
 #include <string.h>
