@@ -147,8 +147,11 @@ def main():
                 sock = os.path.join(tmp, "%s%d.sock" % (name, nw))
                 # No response cache: these cases measure the relay (the cache
                 # has its own benchmark, perf/cache_path.py).
+                # The rate limit stays on (its bucket runs per request) but
+                # far above any load this host can offer.
                 cfg = {"listen": sock, "workers": nw, "log": {"level": "warn"},
                        "cache": {"max_bytes": 0},
+                       "rate_limit": {"rate": 10000000, "burst": 100000000},
                        "backends": [{"name": "mock", "address": backend, "pool_size": a.pool}]}
                 cfg_path = os.path.join(tmp, "%s%d.json" % (name, nw))
                 with open(cfg_path, "w") as f:

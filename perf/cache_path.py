@@ -31,6 +31,7 @@ def start_broker(bindir, tmp, name, backend, pool, workers, cache_on, procs):
     sock = os.path.join(tmp, name + ".sock")
     cfg = {"listen": sock, "workers": workers, "log": {"level": "warn"},
            "cache": {} if cache_on else {"max_bytes": 0},
+           "rate_limit": {"rate": 10000000, "burst": 100000000},
            "backends": [{"name": "mock", "address": backend, "pool_size": pool,
                          "max_queue": 65536}]}
     path = os.path.join(tmp, name + ".json")

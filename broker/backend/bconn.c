@@ -211,8 +211,9 @@ static void on_reply_complete(struct worker *w, struct bconn *bc, size_t total)
         return;
     }
     bc->doomed = true;
-    req_fail(w, r, PROTO_BAD_BACKEND_RESPONSE, "backend %s sent an unusable reply: %s",
-             r->be->cfg->name, rep.reason ? rep.reason : "unknown");
+    req_backend_fail(w, r, BE_WHY_BAD_REPLY, 0, PROTO_BAD_BACKEND_RESPONSE,
+                     "backend %s sent an unusable reply: %s", r->be->cfg->name,
+                     rep.reason ? rep.reason : "unknown");
 }
 
 static void on_backend_recv(struct worker *w, struct bconn *bc, int res)
@@ -228,14 +229,15 @@ static void on_backend_recv(struct worker *w, struct bconn *bc, int res)
     if (res <= 0) {
         bconn_doom(bc);
         if (res == 0 && bc->in.len == 0)
-            req_fail(w, r, PROTO_UNAVAILABLE, "backend %s closed the connection without answering",
-                     cfg->name);
+            req_backend_fail(w, r, BE_WHY_CLOSED, 0, PROTO_UNAVAILABLE,
+                             "backend %s closed the connection without answering", cfg->name);
         else if (res == 0)
-            req_fail(w, r, PROTO_BAD_BACKEND_RESPONSE,
-                     "backend %s closed the connection in the middle of its reply", cfg->name);
+            req_backend_fail(w, r, BE_WHY_CLOSED, 0, PROTO_BAD_BACKEND_RESPONSE,
+                             "backend %s closed the connection in the middle of its reply",
+                             cfg->name);
         else
-            req_fail(w, r, PROTO_UNAVAILABLE, "reading from backend %s failed: %s", cfg->name,
-                     strerror(-res));
+            req_backend_fail(w, r, BE_WHY_IO, 0, PROTO_UNAVAILABLE,
+                             "reading from backend %s failed: %s", cfg->name, strerror(-res));
         return;
     }
     size_t old = bc->in.len;
@@ -246,9 +248,9 @@ static void on_backend_recv(struct worker *w, struct bconn *bc, int res)
     size_t reply_len = fr == FRAME_DONE ? old + used : bc->in.len;
     if (fr >= 0 && reply_len > cfg->max_response_bytes) {
         bconn_doom(bc);
-        req_fail(w, r, PROTO_BAD_BACKEND_RESPONSE,
-                 "backend %s reply exceeds max_response_bytes (%llu)", cfg->name,
-                 (unsigned long long)cfg->max_response_bytes);
+        req_backend_fail(w, r, BE_WHY_BAD_REPLY, 0, PROTO_BAD_BACKEND_RESPONSE,
+                         "backend %s reply exceeds max_response_bytes (%llu)", cfg->name,
+                         (unsigned long long)cfg->max_response_bytes);
     } else if (fr == FRAME_DONE) {
         size_t rest = (size_t)res - used;
         if (frame_ws_span(bc->in.data + old + used, rest) < rest)
@@ -256,8 +258,9 @@ static void on_backend_recv(struct worker *w, struct bconn *bc, int res)
         on_reply_complete(w, bc, old + used);
     } else if (fr < 0) {
         bconn_doom(bc);
-        req_fail(w, r, PROTO_BAD_BACKEND_RESPONSE, "backend %s sent invalid JSON: %s at byte %llu",
-                 cfg->name, frame_strerror(fr), (unsigned long long)frame_error_offset(&bc->scan));
+        req_backend_fail(w, r, BE_WHY_BAD_REPLY, 0, PROTO_BAD_BACKEND_RESPONSE,
+                         "backend %s sent invalid JSON: %s at byte %llu", cfg->name,
+                         frame_strerror(fr), (unsigned long long)frame_error_offset(&bc->scan));
     } else {
         bconn_arm_recv(w, bc);
     }
@@ -270,8 +273,8 @@ static void on_backend_send(struct worker *w, struct bconn *bc, int res)
         return;
     if (res <= 0) {
         bconn_doom(bc);
-        req_fail(w, r, PROTO_UNAVAILABLE, "writing to backend %s failed: %s", bc->be->cfg->name,
-                 res == 0 ? "connection closed" : strerror(-res));
+        req_backend_fail(w, r, BE_WHY_IO, 0, PROTO_UNAVAILABLE, "writing to backend %s failed: %s",
+                         bc->be->cfg->name, res == 0 ? "connection closed" : strerror(-res));
         return;
     }
     r->sent += (size_t)res;
@@ -290,11 +293,14 @@ static void on_backend_connect(struct worker *w, struct bconn *bc, int res)
         bconn_doom(bc);
         atomic_fetch_add_explicit(&bc->be->stats.connect_failures, 1, memory_order_relaxed);
         if (res == -ECANCELED)
-            req_fail(w, r, PROTO_UNAVAILABLE, "could not connect to backend %s within %lld ms",
-                     bc->be->cfg->name, (long long)bc->be->cfg->connect_timeout_ms);
+            req_backend_fail(w, r, BE_WHY_CONNECT_TIMEOUT, 0, PROTO_UNAVAILABLE,
+                             "could not connect to backend %s within %lld ms", bc->be->cfg->name,
+                             (long long)bc->be->cfg->connect_timeout_ms);
         else
-            req_fail(w, r, PROTO_UNAVAILABLE, "could not connect to backend %s: %s",
-                     bc->be->cfg->name, strerror(-res));
+            req_backend_fail(w, r,
+                             res == -ECONNREFUSED || res == -ENOENT ? BE_WHY_REFUSED : BE_WHY_IO, 0,
+                             PROTO_UNAVAILABLE, "could not connect to backend %s: %s",
+                             bc->be->cfg->name, strerror(-res));
         return;
     }
     bc->slot->requests++;

@@ -34,6 +34,9 @@ void handoff_receive(struct worker *w, uint64_t token, struct pool_slot *slot)
     if (r && r->state == REQ_QUEUED && (r->gen & 0xffffffu) == (uint32_t)(token >> 32)) {
         /* A coalescing leader runs for its followers even when its own
          * client is gone (it is a read: running it changes nothing). */
+        /* Its turn ends here: the client's next waiting request takes it
+         * (fairq.c), before this one can end (bconn_start may fail it). */
+        fairq_took_turn(w, r);
         if (!r->c->dead || r->ticket) {
             bconn_start(w, r, slot);
             return;

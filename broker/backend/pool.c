@@ -151,7 +151,9 @@ enum pool_result pool_acquire(struct pool *p, uint64_t token, struct pool_slot *
      * most one extra waiter per slot in flight. */
     uint32_t occ = atomic_fetch_add_explicit(&p->waiting, 1, memory_order_relaxed);
     uint32_t stale = atomic_load_explicit(&p->stale, memory_order_relaxed);
-    if (p->max_queue == 0 || occ >= p->ring_cap || (occ >= stale && occ - stale >= p->max_queue)) {
+    uint32_t parked = atomic_load_explicit(&p->parked, memory_order_relaxed);
+    if (p->max_queue == 0 || occ >= p->ring_cap ||
+        (occ >= stale && occ - stale + (uint64_t)parked >= p->max_queue)) {
         atomic_fetch_sub_explicit(&p->waiting, 1, memory_order_relaxed);
         atomic_fetch_add_explicit(&p->n_overloaded, 1, memory_order_relaxed);
         return POOL_OVERLOADED;
@@ -179,6 +181,26 @@ void pool_stale_returned(struct pool *p)
     atomic_fetch_sub_explicit(&p->stale, 1, memory_order_relaxed);
 }
 
+bool pool_park(struct pool *p)
+{
+    /* Relaxed, like `waiting`: a bound, not an ordering. */
+    uint32_t parked = atomic_fetch_add_explicit(&p->parked, 1, memory_order_relaxed);
+    uint32_t occ = atomic_load_explicit(&p->waiting, memory_order_relaxed);
+    uint32_t stale = atomic_load_explicit(&p->stale, memory_order_relaxed);
+    uint64_t live = (occ > stale ? occ - stale : 0) + (uint64_t)parked;
+    if (live >= p->max_queue) {
+        atomic_fetch_sub_explicit(&p->parked, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&p->n_overloaded, 1, memory_order_relaxed);
+        return false;
+    }
+    return true;
+}
+
+void pool_unpark(struct pool *p)
+{
+    atomic_fetch_sub_explicit(&p->parked, 1, memory_order_relaxed);
+}
+
 void pool_release(struct pool *p, struct pool_slot *s)
 {
     /* Release: the holder's use of the slot (fd, ctx) happens-before the
@@ -198,7 +220,8 @@ void pool_stats_read(struct pool *p, struct pool_stats *out)
     out->double_holds = atomic_load_explicit(&p->n_double, memory_order_relaxed);
     uint32_t occ = atomic_load_explicit(&p->waiting, memory_order_relaxed);
     uint32_t stale = atomic_load_explicit(&p->stale, memory_order_relaxed);
-    out->waiting = occ > stale ? occ - stale : 0;
+    out->parked = atomic_load_explicit(&p->parked, memory_order_relaxed);
+    out->waiting = (occ > stale ? occ - stale : 0) + out->parked;
     out->stale = stale;
     out->idle = ring_mpmc_size(&p->idle);
 }

@@ -70,7 +70,8 @@ struct pool_stats {
     uint64_t handoffs;       /* slots handed directly to a waiter */
     uint64_t overloaded;     /* refused: queue full */
     uint64_t double_holds;   /* must stay 0 */
-    uint32_t waiting;        /* live waiters now (stale tokens not counted) */
+    uint32_t waiting;        /* live waiters now: tokens (stale ones not counted) + parked */
+    uint32_t parked;         /* of which wait without a token (pool_park) */
     uint32_t stale;          /* tokens in the ring whose owner stopped waiting */
     uint32_t idle;           /* connected idle slots now */
 };
@@ -87,6 +88,7 @@ struct pool {
     uint32_t ring_cap;       /* waiter ring capacity: max_queue + stale room */
     alignas(RING_CACHELINE) _Atomic uint32_t waiting; /* tokens in the ring */
     _Atomic uint32_t stale;  /* of which their owners stopped waiting */
+    _Atomic uint32_t parked; /* waiters without a token of their own (pool_park) */
     _Atomic uint64_t n_idle, n_spare, n_queued, n_handoffs, n_overloaded, n_double;
 };
 
@@ -105,8 +107,8 @@ void pool_destroy(struct pool *p);
 /* POOL_GOT: *out is yours (connect first if (*out)->fd < 0).
  * POOL_QUEUED: token queued; handoff(token, slot) will be called, possibly
  *              before this returns and possibly on another thread.
- * POOL_OVERLOADED: max_queue live waiters (or the ring is full of stale
- *                  tokens); nothing was queued.
+ * POOL_OVERLOADED: max_queue live waiters, parked ones included (or the
+ *                  ring is full of stale tokens); nothing was queued.
  * token must be non-zero. */
 enum pool_result pool_acquire(struct pool *p, uint64_t token, struct pool_slot **out);
 
@@ -118,6 +120,14 @@ void pool_cancel_wait(struct pool *p);
 /* A slot reached a token its owner had cancelled with pool_cancel_wait: call
  * once for it (then release the slot). */
 void pool_stale_returned(struct pool *p);
+
+/* Fair queueing (fairq.c) keeps one token per client in the ring and the
+ * client's other waiting requests parked beside it. Parked requests count
+ * against max_queue with the live tokens: pool_park takes a place (false:
+ * the queue is full, nothing taken), pool_unpark gives it back. A parked
+ * request that takes its client's turn unparks, then acquires. */
+bool pool_park(struct pool *p);
+void pool_unpark(struct pool *p);
 
 /* Give a held slot back (fd >= 0: connected, reusable; fd < 0: closed). If a
  * token waits, the slot goes straight to it through handoff. */

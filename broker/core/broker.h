@@ -2,8 +2,9 @@
  * broker.h - the daemon's process-wide state and its threads.
  *
  * Shape:
- *   main thread (listener.c): one io_uring with a multishot accept on the
- *     client socket and a read on a signalfd. Each accepted client fd goes
+ *   main thread (broker.c): one io_uring with a few single-shot accepts on
+ *     the client socket (as many as the descriptor budget allows) and a
+ *     read on a signalfd. Each accepted client fd goes
  *     to a worker round-robin through that worker's SPSC inbox ring, plus an
  *     IORING_OP_MSG_RING wake-up posted straight into the worker's ring.
  *   workers (worker.c): one thread and one io_uring (SINGLE_ISSUER |
@@ -11,9 +12,11 @@
  *     reading lines, parsing, acquiring a backend slot, writing the request,
  *     framing the reply, answering - no cross-core hop on the request path
  *     unless it had to wait for a slot another worker releases.
- *   backends: process-wide pools (pool.h). Whichever worker holds a slot
- *     drives that socket on its own ring until it releases the slot, and
- *     releases it only when no operation on it is in flight.
+ *   backends: process-wide pools (pool.h), breakers (breaker.h) and
+ *     health state (health.h; each backend's checks run on one worker).
+ *     Whichever worker holds a slot drives that socket on its own ring until
+ *     it releases the slot, and releases it only when no operation on it is
+ *     in flight.
  *
  * Ownership: struct broker owns the config, the backends (pools, per-slot
  * connection state) and the workers; broker_free releases all of it after
@@ -29,10 +32,12 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "breaker.h"
 #include "cache.h"
 #include "coalesce.h"
 #include "config.h"
 #include "frame.h"
+#include "health.h"
 #include "pool.h"
 #include "proto.h"
 #include "ring_spsc.h"
@@ -64,6 +69,7 @@ struct backend_stats {
     _Atomic uint64_t stale_closed; /* idle connections found dead before reuse */
     _Atomic uint64_t abandoned;    /* queued requests dropped: their client was gone */
     _Atomic uint64_t cache_hits, cache_misses, stale_served, coalesced;
+    _Atomic uint64_t retries;      /* reads sent again after a curable failure */
     _Atomic uint32_t open_conns, peak_conns;
 };
 
@@ -75,6 +81,9 @@ struct backend {
     struct pool pool;
     struct bconn *conns; /* pool.size entries, slot i's ctx = &conns[i] */
     struct backend_stats stats;
+    struct breaker breaker;    /* any worker: lock-free (breaker.h) */
+    struct breaker_cfg bkcfg;  /* from cfg->breaker, in ns */
+    struct health health;      /* checks run by worker index % nworkers (health.h) */
 };
 
 struct broker {
@@ -87,6 +96,7 @@ struct broker {
     bool listen_unlink;       /* we created the socket file */
     _Atomic uint32_t nclients; /* connected clients, for max_clients */
     _Atomic uint32_t inflight; /* requests in flight, for rate_limit.max_inflight */
+    _Atomic uint64_t rate_limited; /* request lines refused by a client's token bucket */
     _Atomic bool stopping;
     /* The response cache (NULL: off) in its own jemalloc arena, and the
      * table of in-flight misses that identical ones join. */

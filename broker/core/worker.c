@@ -73,6 +73,7 @@ static void on_msg(struct worker *w, uint64_t ud, int res)
             w->draining = true;
             w->grace_deadline_ns = now_ns() + (uint64_t)w->b->cfg.shutdown_grace_ms * 1000000u;
             drain_inbox(w);
+            health_stop(w);
             client_mark_all_dirty(w); /* idle ones close now */
         }
     } else if (kind == BROKER_MSG_COALESCED) {
@@ -105,7 +106,10 @@ static void dispatch(struct worker *w, struct io_uring_cqe *cqe)
         client_on_send(w, UD_PTR(ud), cqe->res);
         break;
     case UD_BACKEND:
-        bconn_on_cqe(w, ud, cqe->res);
+        if (*(const uint64_t *)UD_PTR(ud) >= HEALTH_OP_BASE)
+            health_on_cqe(w, ud, cqe->res);
+        else
+            bconn_on_cqe(w, ud, cqe->res);
         break;
     case UD_TIMER:
         on_timer(w);
@@ -126,11 +130,12 @@ static void dispatch(struct worker *w, struct io_uring_cqe *cqe)
 }
 
 /* Nothing of ours left: no client, no request, no backend slot held (a
- * doomed connection's last completion may still be on its way). */
+ * doomed connection's last completion may still be on its way), no health
+ * check or timer in flight. */
 static bool worker_finished(struct worker *w)
 {
     return w->draining && w->nclients == 0 && w->live_reqs == 0 && w->nattached == 0 &&
-           ring_spsc_size(&w->inbox) == 0;
+           ring_spsc_size(&w->inbox) == 0 && health_idle(w);
 }
 
 static void post_exit(struct worker *w, struct worker *t)
@@ -210,6 +215,7 @@ static void *worker_main(void *arg)
                   LOG_UINT("worker", w->id));
         return NULL;
     }
+    health_start(w);
     for (;;) {
         if (worker_finished(w))
             worker_mark_finished(w);
@@ -253,9 +259,20 @@ int worker_create(struct broker *b, uint32_t id, struct worker **out)
     w->id = id;
     w->limits.max_request_bytes = b->cfg.max_request_bytes;
     w->limits.max_json_depth = b->cfg.max_json_depth;
-    int rc = ring_spsc_init(&w->inbox, 4096);
+    w->rng = 0x9e3779b97f4a7c15ull ^ ((uint64_t)id + 1) * 0xbf58476d1ce4e5b9ull ^ (uint64_t)(uintptr_t)w;
+    w->retry_budget = calloc(b->nbackends ? b->nbackends : 1, sizeof *w->retry_budget);
+    if (!w->retry_budget) {
+        free(w);
+        return -ENOMEM;
+    }
+    for (uint32_t i = 0; i < b->nbackends; i++)
+        w->retry_budget[i] = RETRY_BUDGET_MAX; /* full: the first failures may retry */
+    int rc = admit_init(w);
     if (rc < 0)
         goto err;
+    rc = ring_spsc_init(&w->inbox, 4096);
+    if (rc < 0)
+        goto err_rl;
     struct io_uring_params p = {0};
     p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_R_DISABLED |
               IORING_SETUP_CQSIZE;
@@ -269,7 +286,10 @@ int worker_create(struct broker *b, uint32_t id, struct worker **out)
     return 0;
 err_inbox:
     ring_spsc_destroy(&w->inbox);
+err_rl:
+    admit_destroy(w);
 err:
+    free(w->retry_budget);
     free(w);
     return rc;
 }
@@ -330,6 +350,8 @@ void worker_free(struct worker *w)
     request_store_free(w);
     free(w->heap);
     free(w->handoffs);
+    free(w->retry_budget);
+    admit_destroy(w);
     proto_buf_free(&w->scratch);
     free(w);
 }

@@ -34,6 +34,7 @@
 #include <time.h>
 
 #include "broker.h"
+#include "ratelimit.h"
 
 #define CLIENT_IN_INITIAL (16u * 1024u)
 #define REQ_CHUNK         256u
@@ -43,9 +44,19 @@
 #define SHUTDOWN_FLUSH_NS (1000u * 1000000u)
 
 /* NEW: admitted, not in a pool queue; QUEUED: its token waits in the pool
- * (leaving that state without the handoff calls pool_cancel_wait); ACTIVE:
- * holds a slot; FOLLOWING: waits for a coalescing leader's answer. */
-enum req_state { REQ_FREE, REQ_NEW, REQ_QUEUED, REQ_ACTIVE, REQ_FOLLOWING };
+ * (leaving that state without the handoff calls pool_cancel_wait); PARKED:
+ * waits behind its client's token for the same backend (fairq.c); ACTIVE:
+ * holds a slot; FOLLOWING: waits for a coalescing leader's answer;
+ * BACKOFF: waits in the deadline heap (idle_ns) to be tried again. */
+enum req_state {
+    REQ_FREE,
+    REQ_NEW,
+    REQ_QUEUED,
+    REQ_PARKED,
+    REQ_ACTIVE,
+    REQ_FOLLOWING,
+    REQ_BACKOFF
+};
 
 struct coalesce_ticket;
 
@@ -69,8 +80,12 @@ struct req {
     bool bypass;      /* "cache": false: no lookup, no coalescing */
     bool mutating;    /* not read_only: invalidates its backend's entries */
     bool sent_any;    /* a byte of it may have reached the backend */
+    bool probe;       /* the breaker's half-open probe: its outcome is reported */
+    uint8_t attempts; /* retries so far (retry.c) */
     uint64_t cache_gen;             /* generation read before the lookup (miss) */
     struct coalesce_ticket *ticket; /* leader: its followers' ticket, open */
+    struct req *wq_prev, *wq_next;  /* the client's waiting requests (fairq.c) */
+    bool in_wq;
     uint8_t id_len;
     char id[PROTO_ID_MAX + 24];
     struct req *next_free;
@@ -94,6 +109,8 @@ struct client {
     size_t woff;
     struct client *prev, *next; /* all clients of the worker */
     struct client *next_dirty;
+    struct req *wq_head, *wq_tail; /* requests waiting for a backend slot (fairq.c) */
+    uint64_t rl_key;               /* rate-limit identity (admit.c) */
 };
 
 struct handoff {
@@ -127,6 +144,13 @@ struct worker {
     /* local handoffs: slots released to a waiter of this worker (handoff.c) */
     struct handoff *handoffs;
     uint32_t nhandoffs, handoffs_cap;
+    /* rate limit (admit.c): buckets by client identity, swept lazily */
+    struct ratelimit rl;
+    uint64_t rl_sweep_ns;
+    uint64_t conn_serial;
+    /* retries (retry.c): milli-tokens per backend, and the jitter source */
+    uint32_t *retry_budget;
+    uint64_t rng;
     /* an answer that goes to several clients (coalescing leader) */
     struct proto_buf scratch;
     uint64_t housekeeping_ns; /* worker 0: next cache pressure check; 0 = none */
@@ -182,6 +206,15 @@ static inline size_t msg_vformat(char *msg, size_t cap, const char *fmt, va_list
     return n < 0 ? 0 : (size_t)n >= cap ? cap - 1 : (size_t)n;
 }
 
+static inline uint64_t xorshift_next(uint64_t *s)
+{
+    uint64_t x = *s;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return *s = x;
+}
+
 static inline struct proto_span req_id(const struct req *r)
 {
     return (struct proto_span){r->id, r->id_len};
@@ -200,6 +233,12 @@ void client_flush_dirty(struct worker *w);
 /* Write one error answer for a line (id NULL: "id": null). */
 void client_emit_error(struct worker *w, struct client *c, const struct proto_span *id,
                        enum proto_code code, const char *msg, size_t msg_len, unsigned flags);
+void client_emit_error_after(struct worker *w, struct client *c, const struct proto_span *id,
+                             enum proto_code code, const char *msg, size_t msg_len,
+                             uint32_t retry_after_ms);
+void client_emit_error_ex(struct worker *w, struct client *c, const struct proto_span *id,
+                          enum proto_code code, const char *msg, size_t msg_len,
+                          int64_t retry_after_ms, unsigned flags);
 void client_emit_errorf(struct worker *w, struct client *c, const struct proto_span *id,
                         enum proto_code code, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
@@ -219,6 +258,13 @@ void req_answer_commit(struct worker *w, struct req *r, struct proto_buf *out, s
 /* Answer with an error and retire the request. */
 void req_fail(struct worker *w, struct req *r, enum proto_code code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+/* The same with "retry_after_ms" in the error (rate_limited, unavailable). */
+void req_fail_after(struct worker *w, struct req *r, enum proto_code code, uint32_t retry_after_ms,
+                    const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+void req_vfail(struct worker *w, struct req *r, enum proto_code code, int64_t retry_after_ms,
+               const char *fmt, va_list ap) __attribute__((format(printf, 5, 0)));
+/* Take a backend slot now, or wait for one in the backend's queue. */
+void req_to_pool(struct worker *w, struct req *r);
 /* Retire a request whose answer was written (or dropped: client gone). */
 void req_done(struct worker *w, struct req *r);
 /* Fail every request whose deadline is at or before now. */
@@ -253,6 +299,40 @@ void cachepath_share(struct worker *w, struct req *r, const struct proto_buf *an
 void cachepath_on_ticket(struct worker *w, struct coalesce_ticket *t);
 /* Pressure check of the cache (worker 0's timer); next due time. */
 uint64_t cachepath_housekeeping(struct worker *w, uint64_t now);
+
+/* admit.c */
+int admit_init(struct worker *w);
+void admit_destroy(struct worker *w);
+/* Read the client's identity (SO_PEERCRED uid, else per connection). */
+void admit_identify(struct worker *w, struct client *c);
+/* The client's token bucket has a token (else rate_limited answered). */
+bool admit_rate(struct worker *w, struct client *c, const struct proto_request *rq);
+/* Under rate_limit.max_inflight (else overloaded answered); on true the
+ * request counts in b->inflight until req_done. */
+bool admit_inflight(struct worker *w, struct client *c, const struct proto_request *rq);
+
+/* fairq.c */
+/* r, a queued holder, got its slot (or is dropped): pass its client's turn. */
+void fairq_took_turn(struct worker *w, struct req *r);
+/* r ends while it waits (req_done). */
+void fairq_leave(struct worker *w, struct req *r);
+
+/* retry.c */
+#define RETRY_BUDGET_MAX 10000u /* milli-tokens: at most 10 retries banked per worker and backend */
+/* The breaker at the door: true when r may go to the backend (maybe as the
+ * half-open probe), else it was answered (unavailable or stale). */
+bool retry_admit(struct worker *w, struct req *r);
+/* The backend replied (any reply). */
+void retry_success(struct worker *w, struct req *r);
+/* r ends without a verdict on its backend (req_done). */
+void retry_abandon(struct req *r);
+/* The backend failed r (why, and the ms waited for BE_WHY_NO_ANSWER): count
+ * it against the breaker, then retry r later or fail it with code. */
+void req_backend_fail(struct worker *w, struct req *r, enum backend_why why, uint64_t ms,
+                      enum proto_code code, const char *fmt, ...)
+    __attribute__((format(printf, 6, 7)));
+/* r's backoff is over (request_expire). */
+void retry_now(struct worker *w, struct req *r);
 
 /* handoff.c */
 uint64_t handoff_token(const struct worker *w, const struct req *r);

@@ -72,9 +72,23 @@ static size_t client_pending_out(const struct client *c)
 void client_emit_error(struct worker *w, struct client *c, const struct proto_span *id,
                        enum proto_code code, const char *msg, size_t msg_len, unsigned flags)
 {
+    client_emit_error_ex(w, c, id, code, msg, msg_len, -1, flags);
+}
+
+void client_emit_error_after(struct worker *w, struct client *c, const struct proto_span *id,
+                             enum proto_code code, const char *msg, size_t msg_len,
+                             uint32_t retry_after_ms)
+{
+    client_emit_error_ex(w, c, id, code, msg, msg_len, retry_after_ms, 0);
+}
+
+void client_emit_error_ex(struct worker *w, struct client *c, const struct proto_span *id,
+                          enum proto_code code, const char *msg, size_t msg_len,
+                          int64_t retry_after_ms, unsigned flags)
+{
     if (c->dead)
         return;
-    if (proto_write_error_ex(&c->out, id, code, msg, msg_len, -1, flags) < 0) {
+    if (proto_write_error_ex(&c->out, id, code, msg, msg_len, retry_after_ms, flags) < 0) {
         log_write(LOG_LEVEL_ERROR, "out of memory buffering a response; closing client",
                   LOG_INT("fd", c->fd));
         c->dead = true;
@@ -250,6 +264,7 @@ void client_new(struct worker *w, int fd)
     c->fd = fd;
     c->in = in;
     c->in_cap = CLIENT_IN_INITIAL;
+    admit_identify(w, c);
     proto_buf_init(&c->out);
     proto_buf_init(&c->wbuf);
     c->next = w->clients;

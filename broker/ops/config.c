@@ -223,6 +223,7 @@ static bool check_root(const char *s, size_t len, char *w, size_t wl)
 
 
 static const char *const framing_names[] = {"json", "ndjson", NULL};
+static const char *const queue_order_names[] = {"fair", "fifo", NULL};
 static const char *const policy_names[] = {"deny_dangerous", "allow", "deny_all", NULL};
 static const char *const level_names[] = {"debug", "info", "warn", "error", NULL};
 static const char *const format_names[] = {"json", "text", NULL};
@@ -242,7 +243,12 @@ static const struct config_key backend_keys[] = {
     K_U32(BE, "backends[].pool_size", 0, pool_size, 4, 1, 1024,
           "Persistent connections, opened on demand; one request in flight on each."),
     K_U32(BE, "backends[].max_queue", R, max_queue, 1024, 0, 1048576,
-          "Requests waiting (FIFO) for a free connection; beyond it: overloaded."),
+          "Requests waiting for a free connection; beyond it: overloaded."),
+    K_ENUM(BE, "backends[].queue_order", R | CONFIG_F_EXTRA, queue_order, enum config_queue_order,
+           "fair", queue_order_names,
+           "Order in which waiting requests get a free connection: fair = round-robin across "
+           "client connections (one client's backlog delays another's request by a few round "
+           "trips at most), fifo = arrival order."),
     K_MS(BE, "backends[].connect_timeout_ms", R, connect_timeout_ms, 2000, 1, 600000,
          "Deadline for establishing a backend connection."),
     K_MS(BE, "backends[].request_timeout_ms", R, request_timeout_ms, 60000, 1, 600000,

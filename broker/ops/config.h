@@ -45,6 +45,7 @@
 #define CONFIG_LIST_MAX      1024 /* entries of any list key */
 
 enum config_framing { CONFIG_FRAMING_JSON, CONFIG_FRAMING_NDJSON };
+enum config_queue_order { CONFIG_QUEUE_FAIR, CONFIG_QUEUE_FIFO };
 enum config_scripts_policy {
     CONFIG_SCRIPTS_DENY_DANGEROUS,
     CONFIG_SCRIPTS_ALLOW,
@@ -100,6 +101,7 @@ struct backend_config {
     enum config_framing framing;
     uint32_t pool_size;
     uint32_t max_queue;
+    enum config_queue_order queue_order;
     int64_t connect_timeout_ms;
     int64_t request_timeout_ms;
     int64_t max_request_timeout_ms;

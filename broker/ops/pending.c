@@ -15,11 +15,8 @@
 
 /* Top-level (or section) paths not in effect yet. */
 static const char *const pending_top[] = {
-    "allow_uids", "allow_gids", "admin_listen", "compat_listen",
-    "rate_limit.rate", "rate_limit.burst", "scripts", "paths",
+    "allow_uids", "allow_gids", "admin_listen", "compat_listen", "scripts", "paths",
 };
-/* Per-backend paths not in effect yet. */
-static const char *const pending_backend[] = {"health", "breaker", "retry"};
 
 static json_t *dump(const struct broker_config *cfg)
 {
@@ -58,18 +55,6 @@ int pending_keys(const struct broker_config *cfg, void (*fn)(void *arg, const ch
         if (!json_equal(at(cur, pending_top[i]), at(dflt, pending_top[i]))) {
             fn(arg, pending_top[i]);
             n++;
-        }
-    json_t *backends = json_object_get(cur, "backends");
-    json_t *bdef = json_array_get(json_object_get(dflt, "backends"), 0);
-    for (size_t b = 0; b < json_array_size(backends); b++)
-        for (size_t i = 0; i < sizeof pending_backend / sizeof pending_backend[0]; i++) {
-            json_t *one = json_array_get(backends, b);
-            if (!json_equal(at(one, pending_backend[i]), at(bdef, pending_backend[i]))) {
-                char key[96];
-                snprintf(key, sizeof key, "backends[%zu].%s", b, pending_backend[i]);
-                fn(arg, key);
-                n++;
-            }
         }
 out:
     json_decref(cur);

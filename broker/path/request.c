@@ -18,6 +18,7 @@
  * (handoff tokens are values, never pointers).
  */
 #include <errno.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -65,6 +66,8 @@ static void req_release(struct worker *w, struct req *r)
     r->bc = NULL;
     r->be = NULL;
     r->ticket = NULL;
+    r->probe = false;
+    r->attempts = 0;
     r->breq.len = 0;
     if (r->breq.cap > 64u * 1024u)
         proto_buf_free(&r->breq); /* keep small buffers for reuse only */
@@ -92,6 +95,8 @@ void req_done(struct worker *w, struct req *r)
     }
     if (r->state == REQ_QUEUED)
         pool_cancel_wait(&r->be->pool); /* gave up waiting: not a live waiter now */
+    fairq_leave(w, r); /* a holder passes its client's turn on */
+    retry_abandon(r); /* a probe that ends without a verdict gives its turn back */
     if (r->ticket)
         cachepath_share(w, r, NULL, 0); /* no answer to share: followers time out */
     cachepath_retire(w, r);
@@ -128,25 +133,40 @@ void req_answer_commit(struct worker *w, struct req *r, struct proto_buf *out, s
     client_mark_dirty(w, c);
 }
 
-void req_fail(struct worker *w, struct req *r, enum proto_code code, const char *fmt, ...)
+void req_vfail(struct worker *w, struct req *r, enum proto_code code, int64_t retry_after_ms,
+               const char *fmt, va_list ap)
 {
     /* The backend cannot answer: a recently expired entry may (serve-stale). */
     if (code == PROTO_UNAVAILABLE && cachepath_serve_stale(w, r))
         return;
     char msg[PROTO_MESSAGE_MAX];
-    va_list ap;
-    va_start(ap, fmt);
     size_t len = msg_vformat(msg, sizeof msg, fmt, ap);
-    va_end(ap);
     struct proto_span id = req_id(r);
     struct proto_buf *out = req_answer_out(w, r);
     size_t start = out->len;
-    int rc = proto_write_error_ex(out, &id, code, msg, len, -1, 0);
+    int rc = proto_write_error_ex(out, &id, code, msg, len, retry_after_ms, 0);
     req_answer_commit(w, r, out, start, rc);
     if (code == PROTO_TIMEOUT)
         atomic_fetch_add_explicit(&r->be->stats.timeouts, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&r->be->stats.errors, 1, memory_order_relaxed);
     req_done(w, r);
+}
+
+void req_fail(struct worker *w, struct req *r, enum proto_code code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    req_vfail(w, r, code, -1, fmt, ap);
+    va_end(ap);
+}
+
+void req_fail_after(struct worker *w, struct req *r, enum proto_code code, uint32_t retry_after_ms,
+                    const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    req_vfail(w, r, code, retry_after_ms, fmt, ap);
+    va_end(ap);
 }
 
 /* The backend's answer, classified: a success passes its result on
@@ -158,6 +178,7 @@ void req_answer_reply(struct worker *w, struct req *r, const struct proto_reply 
     struct proto_buf *out = req_answer_out(w, r);
     size_t start = out->len, result_off = 0;
     int rc;
+    retry_success(w, r); /* any reply, an error one too: the backend is alive */
     if (rep->kind == PROTO_REPLY_SUCCESS) {
         rc = proto_write_answer(out, &id, &rep->result, 0, &result_off);
         if (rc == 0 && rep->result.ptr)
@@ -200,20 +221,6 @@ static struct backend *req_route(struct worker *w, struct client *c, const struc
     client_emit_errorf(w, c, &rq->id, PROTO_UNKNOWN_BACKEND, "no backend named \"%.*s\"",
                        (int)rq->backend.len, rq->backend.ptr);
     return NULL;
-}
-
-/* admit: not past rate_limit.max_inflight. On true the request counts in
- * b->inflight until req_done. */
-static bool req_admit(struct worker *w, struct client *c, const struct proto_request *rq)
-{
-    uint32_t cap = w->b->cfg.rate_limit.max_inflight;
-    if (atomic_fetch_add_explicit(&w->b->inflight, 1, memory_order_relaxed) >= cap) {
-        atomic_fetch_sub_explicit(&w->b->inflight, 1, memory_order_relaxed);
-        client_emit_errorf(w, c, &rq->id, PROTO_OVERLOADED,
-                           "the broker has %u requests in flight (rate_limit.max_inflight)", cap);
-        return false;
-    }
-    return true;
 }
 
 /* build: the request record, its backend bytes (written once, pure ASCII)
@@ -262,28 +269,6 @@ static struct req *req_build(struct worker *w, struct client *c, struct backend 
     return r;
 }
 
-/* pool: take a backend slot now, or wait in the backend's queue (handoff.c
- * starts it when a slot comes), or overloaded. */
-static void req_to_pool(struct worker *w, struct req *r)
-{
-    const struct backend_config *bcfg = r->be->cfg;
-    /* QUEUED before acquiring: the token may be popped inside pool_acquire. */
-    r->state = REQ_QUEUED;
-    struct pool_slot *slot;
-    switch (pool_acquire(&r->be->pool, handoff_token(w, r), &slot)) {
-    case POOL_GOT:
-        bconn_start(w, r, slot);
-        break;
-    case POOL_QUEUED:
-        break;
-    case POOL_OVERLOADED:
-        r->state = REQ_NEW; /* never queued */
-        req_fail(w, r, PROTO_OVERLOADED,
-                 "backend %s: all %u connections busy and %u requests queued (max_queue)",
-                 bcfg->name, bcfg->pool_size, bcfg->max_queue);
-        break;
-    }
-}
 
 /* A request's way: parse -> route -> admit (shutdown) -> cache -> admit
  * (in flight) -> build -> coalesce -> pool. Each stage answers the line
@@ -302,15 +287,19 @@ void request_line(struct worker *w, struct client *c, const char *line, size_t l
         client_emit_errorf(w, c, &rq.id, PROTO_SHUTTING_DOWN, "the broker is shutting down");
         return;
     }
+    if (!admit_rate(w, c, &rq))
+        return;
     uint64_t gen;
     if (cachepath_hit(w, c, be, &rq, &gen))
         return;
-    if (!req_admit(w, c, &rq))
+    if (!admit_inflight(w, c, &rq))
         return;
     struct req *r = req_build(w, c, be, &rq, gen);
     if (!r)
         return;
     if (!rq.params_ascii && cachepath_hit_built(w, r))
+        return;
+    if (!retry_admit(w, r))
         return;
     if (cachepath_coalesce(w, r))
         return;
@@ -329,15 +318,22 @@ void request_expire(struct worker *w, uint64_t now)
 {
     while (w->heap_len && w->heap[0]->key_ns <= now) {
         struct req *r = w->heap[0];
-        if (r->deadline_ns > now)
-            req_fail(w, r, PROTO_TIMEOUT, "backend %s sent nothing for %lld ms", r->be->cfg->name,
-                     (long long)r->be->cfg->idle_timeout_ms);
-        else if (r->state == REQ_QUEUED)
+        const struct backend_config *bcfg = r->be->cfg;
+        if (r->state == REQ_BACKOFF && r->deadline_ns > now)
+            retry_now(w, r);
+        else if (r->deadline_ns > now)
+            req_backend_fail(w, r, BE_WHY_NO_ANSWER, (uint64_t)bcfg->idle_timeout_ms, PROTO_TIMEOUT,
+                             "backend %s sent nothing for %lld ms", bcfg->name,
+                             (long long)bcfg->idle_timeout_ms);
+        else if (r->state == REQ_ACTIVE)
+            req_backend_fail(w, r, BE_WHY_NO_ANSWER, r->timeout_ms, PROTO_TIMEOUT,
+                             "backend %s did not answer within %u ms", bcfg->name, r->timeout_ms);
+        else if (r->state == REQ_QUEUED || r->state == REQ_PARKED)
             req_fail(w, r, PROTO_TIMEOUT, "no connection to backend %s became free within %u ms",
-                     r->be->cfg->name, r->timeout_ms);
+                     bcfg->name, r->timeout_ms);
         else
-            req_fail(w, r, PROTO_TIMEOUT, "backend %s did not answer within %u ms",
-                     r->be->cfg->name, r->timeout_ms);
+            req_fail(w, r, PROTO_TIMEOUT, "backend %s did not answer within %u ms", bcfg->name,
+                     r->timeout_ms);
     }
 }
 

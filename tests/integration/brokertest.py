@@ -56,6 +56,13 @@ def wait_for(pred, timeout, step=0.01):
         time.sleep(step)
 
 
+def cpu_seconds(pid):
+    """utime + stime of every thread of pid, from /proc/PID/stat."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def read_text(path):
     try:
         with open(path, "rb") as f:
@@ -185,6 +192,10 @@ class Mockd(Proc):
                     continue
         finally:
             s.close()
+
+    def calls(self, typ):
+        """How many requests of type typ reached this mockd so far."""
+        return self.call("mock_stats", {"type": typ})["result"]["calls"]
 
     def stats(self):
         """mock_stats asked directly; connections_open and max_connections_open

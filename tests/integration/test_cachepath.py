@@ -39,11 +39,6 @@ def case(fn):
     return fn
 
 
-def calls(m, typ):
-    """Requests of type typ that reached this mockd."""
-    return m.call("mock_stats", {"type": typ})["result"]["calls"]
-
-
 def cache_broker(env, m, cache=None, **kw):
     bk = bt.backend(env, address=m.addr, read_only=["get_*", "echo"], **kw)
     return env.broker(bt.broker_config(env, backends=[bk], cache=dict(cache or {})))
@@ -72,8 +67,8 @@ def hit_serves_same_result(env):
         r4 = c.call(4, "mock_calls_probe", {})
         r5 = c.call(5, "mock_calls_probe", {})
         assert r4["cached"] is False and r5["cached"] is False, (r4, r5)
-    assert calls(m, "get_object_info") == 2, "Cube once, Camera once"
-    assert calls(m, "mock_calls_probe") == 2
+    assert m.calls("get_object_info") == 2, "Cube once, Camera once"
+    assert m.calls("mock_calls_probe") == 2
     b.stop()
     rec = final_cache_line(b)
     assert rec["hits"] == 1 and rec["misses"] >= 2, rec
@@ -91,7 +86,7 @@ def write_invalidates_before_answer(env):
                 assert r["cached"] is False, "read right after a write was a hit: %s" % short(r)
             assert c.call(3 * i + 1, "get_scene_info", {})["cached"] is True
             assert_success(c.call(3 * i + 2, "create_object", {"type": "CUBE", "n": i}))
-    assert calls(m, "get_scene_info") == 50
+    assert m.calls("get_scene_info") == 50
 
 
 @case
@@ -125,7 +120,7 @@ def read_before_write_not_cached(env):
         r = reader.call(4, "fault_slow", {"ms": 600})
         assert r["cached"] is False, "a read that began before a write was cached after it"
         assert reader.call(5, "fault_slow", {"ms": 600})["cached"] is True, "fills work"
-    assert calls(m, "fault_slow") == 2
+    assert m.calls("fault_slow") == 2
 
 
 @case
@@ -140,7 +135,7 @@ def cache_false_bypasses_and_refreshes(env):
         # echo's seq counts per backend connection: r3 is r2's answer (refreshed).
         assert assert_success(r3) == assert_success(r2), (r2, r3)
         assert assert_success(r2) != assert_success(r1), "cache:false must reach the backend"
-    assert calls(m, "echo") == 2
+    assert m.calls("echo") == 2
 
 
 @case
@@ -153,7 +148,7 @@ def ttl_expiry(env):
         time.sleep(1.2)
         assert c.call(3, "get_scene_info", {})["cached"] is False, "expired entry served"
         assert c.call(4, "get_scene_info", {})["cached"] is True
-    assert calls(m, "get_scene_info") == 2
+    assert m.calls("get_scene_info") == 2
 
 
 @case
@@ -167,8 +162,8 @@ def coalescing_16_to_1(env):
     for i, r in enumerate(answers):
         assert r["id"] == "c%d" % i, r
         assert assert_success(r, "waiter %d" % i)["name"] == "Light"
-    assert calls(m, "get_object_info") == 1, \
-        "16 identical concurrent misses made %d backend calls" % calls(m, "get_object_info")
+    assert m.calls("get_object_info") == 1, \
+        "16 identical concurrent misses made %d backend calls" % m.calls("get_object_info")
     for c in clients:
         c.expect_silence(0.05)
         c.close()
@@ -192,7 +187,7 @@ def coalesced_waiter_disconnects(env):
         r = c.recv_one(timeout=t(5))
         assert r["id"] == i and assert_success(r)["name"] == "Cube", r
         c.close()
-    assert calls(m, "get_object_info") == 1
+    assert m.calls("get_object_info") == 1
     # The broker is fine afterwards and has the entry.
     with b.connect() as c:
         assert c.call(9, "get_object_info", {"name": "Cube"})["cached"] is True

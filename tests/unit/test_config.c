@@ -206,8 +206,8 @@ Test(config, table_is_well_formed)
             extras++;
     }
     /* max_client_output_bytes, cache.max_object_bytes, cache.memory_watermark_bytes,
-     * cache.serve_stale_ms */
-    cr_expect_eq(extras, 4);
+     * cache.serve_stale_ms, backends[].queue_order */
+    cr_expect_eq(extras, 5);
 }
 
 /* --- loading ----------------------------------------------------------- */

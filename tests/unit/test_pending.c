@@ -32,14 +32,15 @@ Test(pending, changed_pending_keys_are_named)
 {
     const char *doc = "{\"backends\":[{\"name\":\"a\",\"address\":\"unix:/x\",\"pool_size\":2},"
                       "{\"name\":\"b\",\"address\":\"unix:/y\",\"health\":{\"interval_ms\":700}}],"
-                      "\"cache\":{\"ttl_ms\":9000},\"rate_limit\":{\"max_inflight\":999}}";
+                      "\"cache\":{\"ttl_ms\":9000},\"rate_limit\":{\"max_inflight\":999},"
+                      "\"scripts\":{\"policy\":\"allow\"}}";
     struct broker_config cfg = {0};
     char err[256];
     cr_assert_eq(config_load_string(&cfg, doc, strlen(doc), NULL, err, sizeof err), 0, "%s", err);
     struct seen s = {0};
     cr_assert_eq(pending_keys(&cfg, collect, &s), 1,
-                 "pool_size, max_inflight and the cache are in effect");
-    cr_assert_str_eq(s.keys[0], "backends[1].health");
+                 "pool_size, health, max_inflight and the cache are in effect");
+    cr_assert_str_eq(s.keys[0], "scripts");
     config_destroy(&cfg);
 }
 
