@@ -115,6 +115,9 @@ def main():
     ap.add_argument("--transport", choices=("tcp", "unix"), default="tcp")
     ap.add_argument("--work-us", type=int, default=0)
     ap.add_argument("--haproxy", default="auto", help="auto (if installed), off, or a path")
+    ap.add_argument("--queue-order", choices=("fair", "fifo"), default="fair",
+                    help="backends[].queue_order of the brokerd under test (the baseline "
+                         "keeps its default)")
     ap.add_argument("--baseline-bin", default=None,
                     help="also run DIR/brokerd (cases base_...), e.g. a build of the last release")
     a = ap.parse_args()
@@ -153,6 +156,8 @@ def main():
                        "cache": {"max_bytes": 0},
                        "rate_limit": {"rate": 10000000, "burst": 100000000},
                        "backends": [{"name": "mock", "address": backend, "pool_size": a.pool}]}
+                if name != "base":
+                    cfg["backends"][0]["queue_order"] = a.queue_order
                 cfg_path = os.path.join(tmp, "%s%d.json" % (name, nw))
                 with open(cfg_path, "w") as f:
                     json.dump(cfg, f)
