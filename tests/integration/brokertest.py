@@ -481,6 +481,17 @@ class Env:
         return None
 
 
+def case_list():
+    """(CASES, case): the list a test file's cases go in, in file order, and
+    the decorator that puts them there."""
+    cases = []
+
+    def case(fn):
+        cases.append(fn)
+        return fn
+    return cases, case
+
+
 def run_cases(cases, description):
     """Parse --bin/-k/--keep, run every case with a fresh Env, print one line
     per case and the summary; returns the exit code."""

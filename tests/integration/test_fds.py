@@ -38,14 +38,10 @@ import brokertest as bt  # noqa: E402
 from brokertest import t, line, request  # noqa: E402
 from brokertest import short, assert_success, assert_code  # noqa: E402
 
-CASES = []
+CASES, case = bt.case_list()
 POOL = 4
 ROOM = 3  # clients the lowered limit leaves room for
 
-
-def case(fn):
-    CASES.append(fn)
-    return fn
 
 
 def set_nofile(pid, soft):

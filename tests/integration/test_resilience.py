@@ -32,12 +32,7 @@ import brokertest as bt  # noqa: E402
 from brokertest import t, line, request, err_code  # noqa: E402,F401
 from brokertest import short, assert_success, assert_code  # noqa: E402
 
-CASES = []
-
-
-def case(fn):
-    CASES.append(fn)
-    return fn
+CASES, case = bt.case_list()
 
 
 def retry_after(r):
