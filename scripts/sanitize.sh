@@ -11,7 +11,7 @@ dir=build-$kind
 cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=Debug -DCMAKE_C_COMPILER=clang -DBROKER_SANITIZE="$kind" >/dev/null
 if [ "$kind" = thread ]; then
   # Criterion cannot start under TSan (tests/CMakeLists.txt): no unit binaries.
-  cmake --build "$dir" -j"$(nproc)" --target stress_all brokerd mockd loadgen
+  cmake --build "$dir" -j"$(nproc)" --target stress_all brokerd brokerctl mockd loadgen
 else
   cmake --build "$dir" -j"$(nproc)"
 fi

@@ -132,7 +132,7 @@ static void pass_turn(struct worker *w, struct client *c, struct backend *be)
         n->state = REQ_NEW;
         if (c->dead && !n->ticket) {
             /* Nobody can read its answer: the backend must not run it. */
-            atomic_fetch_add_explicit(&be->stats.abandoned, 1, memory_order_relaxed);
+            wstat_inc(&w->bstats[be->index].abandoned);
             req_done(w, n);
             continue;
         }

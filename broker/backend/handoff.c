@@ -44,7 +44,7 @@ void handoff_receive(struct worker *w, uint64_t token, struct pool_slot *slot)
         /* Its client is gone (reset, or a write to it failed): nobody can
          * read the answer, so the backend must not run the command (it may
          * change the scene) nor spend the connection on it. */
-        atomic_fetch_add_explicit(&r->be->stats.abandoned, 1, memory_order_relaxed);
+        wstat_inc(&w->bstats[r->be->index].abandoned);
         r->state = REQ_NEW; /* its wait ended with this handoff, not a cancel */
         req_done(w, r);
     } else {

@@ -1,29 +1,19 @@
 /*
- * broker.c - process-wide setup, the listener loop and orderly shutdown.
+ * broker.c - process-wide setup and teardown.
  *
- * The main thread runs the listener: one io_uring with a few single-shot
- * accepts on the client socket and a read on a signalfd (SIGTERM, SIGINT,
- * SIGHUP are blocked in every thread and only ever read there, so no handler
- * runs at an arbitrary point). Accepted fds go round-robin to the workers'
- * SPSC inboxes, and one MSG_RING per woken worker per batch wakes them.
+ * broker_create builds, from the config, everything the listener
+ * (listener.c) and the workers run on: each backend with its resolved
+ * address, pool, per-slot connection state, breaker and health state; the
+ * workers and their rings (not started yet); the response cache in its own
+ * jemalloc arena and the coalescing table; and the bound client socket. It
+ * unwinds through broker_free, which copes with a half-built broker, so a
+ * failed start leaves no fd, thread or socket file behind.
  *
- * Descriptor budget: clients get what RLIMIT_NOFILE leaves after the
- * descriptors the broker needs for everything else (every pool slot
- * connected, the listeners, the rings; see fd_kept), the way HAProxy derives
- * maxconn from ulimit -n, so a flood of clients cannot take the socket a
- * connected client's request needs to reach its backend. The limit is re-read
- * on every accepted client: `prlimit --pid` on the running process takes
- * effect from the next one. Clients over the cap are accepted, told why in
- * one line and closed. Accepts are single-shot, at most ACCEPT_BATCH in
- * flight and no more than the descriptors left for clients (one when none
- * are left, to refuse the next client): a multishot accept takes every
- * waiting client at once, up to the whole limit, and a worker opening a
- * backend socket at that instant would get EMFILE.
- *
- * Shutdown: stop accepting, remove the socket file, tell every worker to
- * drain (they answer or fail every request within shutdown_grace_ms and
- * close their clients), join every worker, then free everything. No thread,
- * timer or fd survives broker_free.
+ * broker_free runs after broker_run has stopped and joined every worker (or
+ * instead of it): it joins again (a no-op for joined workers), then frees
+ * workers, backends (closing every connected slot), the client socket and
+ * its file if still ours, the cache, its arena and the config. No thread,
+ * timer or fd survives it.
  *
  * Stale socket files: bind() failing with EADDRINUSE is answered by probing
  * the path: if a broker answers there we refuse to start; if nothing does
@@ -31,46 +21,21 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <netdb.h>
-#include <poll.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
-#include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "arena.h"
+#include "admin.h"
 #include "broker.h"
 #include "log.h"
 
 #define LISTEN_BACKLOG 4096
-#define UDL_ACCEPT     1
-#define UDL_SIGNAL     2
-#define UDL_BACKOFF    3
-#define UDL_CANCEL     4
-/* Out of descriptors: accepting again at once would spin (an accept fails
- * at once on EMFILE). Wait, doubling from the first to the last figure, and
- * start over once an accept succeeds. */
-#define ACCEPT_BACKOFF_MIN_MS 10
-#define ACCEPT_BACKOFF_MAX_MS 1000
-/* Single-shot accepts in flight at most. Each installs one descriptor at
- * most, so no more clients than that are accepted before the listener
- * counts them, and a burst still costs one wake-up per ACCEPT_BATCH clients.
- * An accept in flight keeps the limit of the time it was armed (io_uring
- * reads RLIMIT_NOFILE when it prepares one): after the limit is lowered,
- * these few may still take a descriptor above it. */
-#define ACCEPT_BATCH 8
-/* Descriptors open for an instant or counted nowhere else: the client being
- * refused, the accepts in flight when the limit was lowered (ACCEPT_BATCH),
- * /proc/self/statm read for the cache's memory watermark, files the
- * allocator or libc open, admin connections once the admin socket exists. A
- * round figure with room to spare, not a measurement. */
-#define FD_MARGIN 16
 
 static int resolve_backend(struct backend *be, char *err, size_t errlen)
 {
@@ -198,15 +163,16 @@ static int cache_setup(struct broker *b, char *err, size_t errlen)
     return 0;
 }
 
-/* Bind the client socket with the configured mode from the start (umask
- * around bind), replacing a stale file only when no broker answers on it. */
-static int listen_unix(struct broker *b, char *err, size_t errlen)
+/* Bind a Unix socket (the client's or the admin's: `key` names its
+ * configuration key in errors) with its mode from the start (umask around
+ * bind), replacing a stale file only when no broker answers on it. */
+static int listen_unix(const char *key, const char *path, mode_t mode, int *fd_out,
+                       char *err, size_t errlen)
 {
-    const char *path = b->cfg.listen;
     struct sockaddr_un un = {.sun_family = AF_UNIX};
     size_t n = strlen(path);
     if (n == 0 || n >= sizeof un.sun_path) {
-        snprintf(err, errlen, "listen: socket path \"%s\" is empty or longer than %zu bytes",
+        snprintf(err, errlen, "%s: socket path \"%s\" is empty or longer than %zu bytes", key,
                  path, sizeof un.sun_path - 1);
         return -ENAMETOOLONG;
     }
@@ -217,14 +183,14 @@ static int listen_unix(struct broker *b, char *err, size_t errlen)
         return -errno;
     }
     for (int attempt = 0;; attempt++) {
-        mode_t old = umask((mode_t)(0777 & ~b->cfg.listen_mode));
+        mode_t old = umask((mode_t)(0777 & ~mode));
         int rc = bind(fd, (struct sockaddr *)&un, sizeof un);
         int e = errno;
         umask(old);
         if (rc == 0)
             break;
         if (e != EADDRINUSE || attempt > 0) {
-            snprintf(err, errlen, "listen: cannot bind %s: %s", path, strerror(e));
+            snprintf(err, errlen, "%s: cannot bind %s: %s", key, path, strerror(e));
             close(fd);
             return -e;
         }
@@ -232,8 +198,8 @@ static int listen_unix(struct broker *b, char *err, size_t errlen)
          * (or anything else) that happens to sit at the configured path. */
         struct stat st;
         if (lstat(path, &st) == 0 && !S_ISSOCK(st.st_mode)) {
-            snprintf(err, errlen, "listen: %s exists and is not a socket; refusing to replace it",
-                     path);
+            snprintf(err, errlen, "%s: %s exists and is not a socket; refusing to replace it",
+                     key, path);
             close(fd);
             return -EEXIST;
         }
@@ -243,23 +209,22 @@ static int listen_unix(struct broker *b, char *err, size_t errlen)
         if (probe >= 0)
             close(probe);
         if (live || (pe != ECONNREFUSED && pe != ENOENT)) {
-            snprintf(err, errlen, "listen: %s is in use by a running process (another brokerd?)",
-                     path);
+            snprintf(err, errlen, "%s: %s is in use by a running process (another brokerd?)",
+                     key, path);
             close(fd);
             return -EADDRINUSE;
         }
         log_write(LOG_LEVEL_WARN, "replacing stale socket file", LOG_CSTR("path", path));
         unlink(path);
     }
-    if (chmod(path, b->cfg.listen_mode) < 0 || listen(fd, LISTEN_BACKLOG) < 0) {
+    if (chmod(path, mode) < 0 || listen(fd, LISTEN_BACKLOG) < 0) {
         int e = errno;
-        snprintf(err, errlen, "listen: %s: %s", path, strerror(e));
+        snprintf(err, errlen, "%s: %s: %s", key, path, strerror(e));
         unlink(path);
         close(fd);
         return -e;
     }
-    b->listen_fd = fd;
-    b->listen_unlink = true;
+    *fd_out = fd;
     return 0;
 }
 
@@ -274,6 +239,10 @@ int broker_create(struct broker **out, struct broker_config *cfg, char *err, siz
     b->cfg = *cfg; /* taken over */
     memset(cfg, 0, sizeof *cfg);
     b->listen_fd = -1;
+    b->admin_fd = -1;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    b->started_ms = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
     int rc = -ENOMEM;
     b->nbackends = (uint32_t)b->cfg.nbackends;
     b->backends = calloc(b->nbackends, sizeof *b->backends);
@@ -299,458 +268,21 @@ int broker_create(struct broker **out, struct broker_config *cfg, char *err, siz
         }
     if ((rc = cache_setup(b, err, errlen)) < 0)
         goto err;
-    if ((rc = listen_unix(b, err, errlen)) < 0)
+    if ((rc = listen_unix("listen", b->cfg.listen, b->cfg.listen_mode, &b->listen_fd, err,
+                          errlen)) < 0)
         goto err;
+    b->listen_unlink = true;
+    /* The admin socket: owner only, whatever listen_mode allows. */
+    if ((rc = listen_unix("admin_listen", b->cfg.admin_listen, 0600, &b->admin_fd, err,
+                          errlen)) < 0)
+        goto err;
+    b->admin_unlink = true;
     *out = b;
     return 0;
 err:
     if (err[0] == '\0')
         snprintf(err, errlen, "%s", strerror(-rc));
     broker_free(b);
-    return rc;
-}
-
-/* An SQE, submitting what is queued when the ring is full (up to 256
- * wake-ups may be queued in one round). */
-static struct io_uring_sqe *listener_sqe(struct io_uring *ring)
-{
-    struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
-    if (!sqe) {
-        io_uring_submit(ring);
-        sqe = io_uring_get_sqe(ring);
-    }
-    return sqe;
-}
-
-static void post_msg(struct io_uring *ring, struct worker *w, enum broker_msg kind)
-{
-    struct io_uring_sqe *sqe = listener_sqe(ring);
-    io_uring_prep_msg_ring(sqe, worker_ring_fd(w), 0, ((uint64_t)kind << 3) | UD_MSG, 0);
-    io_uring_sqe_set_data64(sqe, 0);
-    sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
-}
-
-static void arm_accept(struct io_uring *ring, int fd)
-{
-    struct io_uring_sqe *sqe = listener_sqe(ring);
-    io_uring_prep_accept(sqe, fd, NULL, NULL, SOCK_CLOEXEC);
-    io_uring_sqe_set_data64(sqe, UDL_ACCEPT);
-}
-
-static void arm_signal(struct io_uring *ring, int sfd, struct signalfd_siginfo *si)
-{
-    struct io_uring_sqe *sqe = listener_sqe(ring);
-    io_uring_prep_read(sqe, sfd, si, sizeof *si, 0);
-    io_uring_sqe_set_data64(sqe, UDL_SIGNAL);
-}
-
-/* Refuse a client with one clear line (a trusted message), then close. */
-static void refuse_client(int fd, const char *why)
-{
-    char line[320];
-    int n = snprintf(line, sizeof line,
-                     "{\"id\":null,\"status\":\"error\",\"error\":{\"code\":\"overloaded\","
-                     "\"message\":\"%s\"}}\n",
-                     why);
-    if (n > 0 && (size_t)n < sizeof line && write(fd, line, (size_t)n) < 0) {
-        /* the client is gone already: nothing else to do */
-    }
-    close(fd);
-}
-
-/* Descriptor budget (see the note at the top). fd_kept is what the broker
- * keeps for everything but clients:
- *
- *   sum of pool_size     every pool slot may be connected at once
- *   + nbackends          one health-check connection each
- *   + 3                  stdin, stdout, stderr (the log)
- *   + 1 + 1              the client listening socket, the signalfd
- *   + 1 + nworkers       the listener's and every worker's io_uring
- *   + 1                  struct fd_reserve below
- *   + 2                  the admin and compat listeners (coming)
- *   + FD_MARGIN          what is open only for an instant
- *
- * Clients get room = limit - kept, at most max_clients. A limit that leaves
- * no room at all still admits one client: kept counts two listeners that do
- * not exist yet and the margin, so one client does fit, and a broker that
- * refuses everyone serves nobody. That is logged as a warning (at start and
- * whenever the limit changes into it) so the operator raises the limit.
- * kept is counted once at start: no pool can grow without a restart. */
-struct fd_budget {
-    uint64_t kept;  /* descriptors kept for everything but clients */
-    uint64_t limit; /* RLIMIT_NOFILE soft limit when last read (0: never) */
-    uint64_t room;  /* clients the limit leaves room for, at least 1 */
-};
-
-static uint64_t fd_kept(const struct broker *b)
-{
-    uint64_t n = 3 + 1 + 1 + 1 + (uint64_t)b->nworkers + 1 + 2 + FD_MARGIN;
-    for (uint32_t i = 0; i < b->nbackends; i++)
-        n += (uint64_t)b->cfg.backends[i].pool_size + 1;
-    return n;
-}
-
-static uint32_t fd_cap(const struct broker *b, const struct fd_budget *fb)
-{
-    return fb->room < b->cfg.max_clients ? (uint32_t)fb->room : b->cfg.max_clients;
-}
-
-static void fd_budget_log(const struct broker *b, const struct fd_budget *fb, bool at_start)
-{
-    if (fb->limit <= fb->kept)
-        log_write(LOG_LEVEL_WARN,
-                  "the descriptor limit leaves no room for clients besides the descriptors kept "
-                  "for backend connections: admitting one client at a time "
-                  "(raise LimitNOFILE / ulimit -n)",
-                  LOG_UINT("nofile", fb->limit), LOG_UINT("fds_kept", fb->kept),
-                  LOG_UINT("client_cap", fd_cap(b, fb)));
-    else if (!at_start || fb->room < b->cfg.max_clients)
-        log_write(LOG_LEVEL_INFO,
-                  at_start ? "clients capped below max_clients by the descriptor limit"
-                           : "descriptor limit changed",
-                  LOG_UINT("client_cap", fd_cap(b, fb)),
-                  LOG_UINT("max_clients", b->cfg.max_clients), LOG_UINT("nofile", fb->limit),
-                  LOG_UINT("fds_kept", fb->kept));
-}
-
-/* Read the soft limit again (prlimit --pid may have changed it; one cheap
- * syscall). Returns true when it changed. */
-static bool fd_budget_read(struct fd_budget *fb)
-{
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || (uint64_t)rl.rlim_cur == fb->limit)
-        return false;
-    fb->limit = (uint64_t)rl.rlim_cur; /* RLIM_INFINITY reads as a huge limit */
-    fb->room = fb->limit > fb->kept ? fb->limit - fb->kept : 1;
-    return true;
-}
-
-static void fd_budget_init(const struct broker *b, struct fd_budget *fb)
-{
-    /* The soft limit is only a default (1024 under systemd and most
-     * shells): take what the hard limit allows, as HAProxy does, so
-     * max_clients is not silently cut to a thousand. */
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-        rlim_t soft = rl.rlim_cur;
-        rl.rlim_cur = rl.rlim_max;
-        if (setrlimit(RLIMIT_NOFILE, &rl) == 0)
-            log_write(LOG_LEVEL_DEBUG, "raised the descriptor limit to the hard limit",
-                      LOG_UINT("from", soft), LOG_UINT("to", rl.rlim_max));
-    }
-    *fb = (struct fd_budget){.kept = fd_kept(b), .room = b->cfg.max_clients};
-    if (fd_budget_read(fb))
-        fd_budget_log(b, fb, true);
-}
-
-/* Accepts to keep in flight: no more than the descriptors left for clients,
- * so every client accepted before the listener counts it is within the
- * budget; one when none are left, to tell the next client why. */
-static uint32_t fd_accepts_wanted(const struct broker *b, const struct fd_budget *fb)
-{
-    uint64_t used = fb->kept + atomic_load_explicit(&b->nclients, memory_order_relaxed);
-    uint64_t left = fb->limit > used ? fb->limit - used : 0;
-    return left >= ACCEPT_BATCH ? ACCEPT_BATCH : left > 0 ? (uint32_t)left : 1;
-}
-
-static void refuse_over_cap(const struct broker *b, const struct fd_budget *fb, int fd)
-{
-    static struct log_ratelimit rl = LOG_RATELIMIT_INIT("accept", 5, 10);
-    static struct log_ratelimit rl_fds = LOG_RATELIMIT_INIT("accept_fd_cap", 1, 5);
-    char why[192];
-    if (fb->room >= b->cfg.max_clients) {
-        LOG_RATELIMITED_BY(&rl, LOG_LEVEL_WARN, "refusing client: max_clients reached",
-                           LOG_UINT("max_clients", b->cfg.max_clients));
-        snprintf(why, sizeof why, "too many clients (max_clients %u)", b->cfg.max_clients);
-    } else {
-        LOG_RATELIMITED_BY(&rl_fds, LOG_LEVEL_WARN,
-                           "refusing client: out of file descriptors for new clients, the rest "
-                           "are kept for backend connections (raise LimitNOFILE / ulimit -n)",
-                           LOG_UINT("client_cap", fb->room), LOG_UINT("nofile", fb->limit),
-                           LOG_UINT("fds_kept", fb->kept));
-        snprintf(why, sizeof why,
-                 "out of file descriptors for new clients: %llu of the limit %llu are kept for "
-                 "backend connections (raise LimitNOFILE / ulimit -n)",
-                 (unsigned long long)fb->kept, (unsigned long long)fb->limit);
-    }
-    refuse_client(fd, why);
-}
-
-/* Descriptor reserve: one fd held open so that, when the process runs out,
- * it can be given up to accept the oldest waiting client and tell it why,
- * instead of leaving every client hanging in the backlog. */
-struct fd_reserve {
-    int fd;
-};
-
-static void reserve_take(struct fd_reserve *r)
-{
-    if (r->fd < 0)
-        r->fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-}
-
-static void on_out_of_fds(struct broker *b, struct fd_reserve *r, int err)
-{
-    static struct log_ratelimit rl = LOG_RATELIMIT_INIT("accept_emfile", 1, 2);
-    LOG_RATELIMITED_BY(&rl, LOG_LEVEL_ERROR,
-                       "out of file descriptors: refusing clients until some are free "
-                       "(raise the limit with ulimit -n / LimitNOFILE, or lower max_clients)",
-                       LOG_ERRNO(err), LOG_UINT("max_clients", b->cfg.max_clients));
-    if (r->fd < 0)
-        return;
-    close(r->fd);
-    r->fd = -1;
-    /* The accepts in flight on the ring take a client only when a new one
-     * arrives (each is woken by an arrival), so a client seen waiting by poll
-     * is still there for accept4, which cannot block. */
-    struct pollfd pfd = {.fd = b->listen_fd, .events = POLLIN};
-    int fd = poll(&pfd, 1, 0) == 1 ? accept4(b->listen_fd, NULL, NULL, SOCK_CLOEXEC) : -1;
-    if (fd >= 0)
-        refuse_client(fd, "the broker is out of file descriptors; try again later");
-    reserve_take(r);
-}
-
-/* The listener's state, in broker_run's frame: it outlives the ring, so
- * the signalfd read pending at shutdown still writes into live memory. */
-struct listener {
-    struct broker *b;
-    struct io_uring *ring;
-    int sfd;
-    struct signalfd_siginfo si; /* the pending signalfd read's buffer */
-    struct fd_budget fds;
-    struct fd_reserve reserve;
-    uint32_t accepts;    /* single-shot accepts in flight */
-    uint32_t backoff_ms; /* 0: accepting; else the last wait after EMFILE */
-    bool backoff_armed;  /* the wait is running: arm no accept until it ends */
-    struct __kernel_timespec backoff_ts;
-    uint32_t next;  /* round-robin cursor over the workers */
-    bool wake[256]; /* workers given a client this round */
-};
-
-static void on_accept(struct listener *l, int fd)
-{
-    struct broker *b = l->b;
-    if (fd_budget_read(&l->fds))
-        fd_budget_log(b, &l->fds, false);
-    uint32_t n = atomic_fetch_add_explicit(&b->nclients, 1, memory_order_relaxed);
-    if (n >= fd_cap(b, &l->fds)) {
-        atomic_fetch_sub_explicit(&b->nclients, 1, memory_order_relaxed);
-        refuse_over_cap(b, &l->fds, fd);
-        return;
-    }
-    for (uint32_t tries = 0; tries < b->nworkers; tries++) {
-        uint32_t i = l->next++ % b->nworkers;
-        if (worker_inbox_push(b->workers[i], fd)) {
-            l->wake[i] = true;
-            return;
-        }
-    }
-    atomic_fetch_sub_explicit(&b->nclients, 1, memory_order_relaxed);
-    refuse_client(fd, "every worker's queue of new clients is full");
-}
-
-static void arm_backoff(struct listener *l)
-{
-    l->backoff_ms = l->backoff_ms ? l->backoff_ms * 2 : ACCEPT_BACKOFF_MIN_MS;
-    if (l->backoff_ms > ACCEPT_BACKOFF_MAX_MS)
-        l->backoff_ms = ACCEPT_BACKOFF_MAX_MS;
-    l->backoff_ts.tv_sec = l->backoff_ms / 1000;
-    l->backoff_ts.tv_nsec = (long long)(l->backoff_ms % 1000) * 1000000;
-    struct io_uring_sqe *sqe = listener_sqe(l->ring);
-    io_uring_prep_timeout(sqe, &l->backoff_ts, 0, 0);
-    io_uring_sqe_set_data64(sqe, UDL_BACKOFF);
-    l->backoff_armed = true;
-}
-
-static void on_accept_cqe(struct listener *l, int res)
-{
-    l->accepts--;
-    if (res >= 0) {
-        on_accept(l, res);
-        l->backoff_ms = 0;
-        reserve_take(&l->reserve); /* given up earlier: take it back */
-    } else if (res == -EMFILE || res == -ENFILE || res == -ENOBUFS || res == -ENOMEM) {
-        on_out_of_fds(l->b, &l->reserve, -res);
-        if (!l->backoff_armed)
-            arm_backoff(l);
-    } else if (res != -EINTR && res != -EAGAIN && res != -ECONNABORTED) {
-        static struct log_ratelimit rl = LOG_RATELIMIT_INIT("accept_failed", 1, 5);
-        LOG_RATELIMITED_BY(&rl, LOG_LEVEL_WARN, "accept failed", LOG_ERRNO(-res));
-    }
-}
-
-/* Top the accepts in flight up to what the budget allows (none while
- * backing off after EMFILE). An accept waits for a client in the kernel, so
- * an idle listener sleeps however many are armed. */
-static void accept_refill(struct listener *l)
-{
-    if (l->backoff_armed)
-        return;
-    uint32_t want = fd_accepts_wanted(l->b, &l->fds);
-    while (l->accepts < want) {
-        arm_accept(l->ring, l->b->listen_fd);
-        l->accepts++;
-    }
-}
-
-static void on_signal(struct listener *l, int res)
-{
-    uint32_t signo = res == (int)sizeof l->si ? l->si.ssi_signo : 0;
-    if (signo == SIGTERM || signo == SIGINT) {
-        log_write(LOG_LEVEL_INFO, "shutting down",
-                  LOG_CSTR("signal", signo == SIGTERM ? "SIGTERM" : "SIGINT"));
-        atomic_store_explicit(&l->b->stopping, true, memory_order_relaxed);
-        return;
-    }
-    if (signo == SIGHUP)
-        log_write(LOG_LEVEL_WARN,
-                  "SIGHUP: configuration reload is not implemented yet; "
-                  "restart brokerd to apply changes",
-                  LOG_END);
-    arm_signal(l->ring, l->sfd, &l->si);
-}
-
-/* Stopping: cancel the accepts in flight and close whatever they took
- * meanwhile, so no accepted descriptor is left in a completion nobody reads.
- * Bounded: it gives up after a second without a completion. */
-static void accept_cancel_all(struct listener *l)
-{
-    if (l->accepts == 0)
-        return;
-    struct io_uring_sqe *sqe = listener_sqe(l->ring);
-    io_uring_prep_cancel64(sqe, UDL_ACCEPT, IORING_ASYNC_CANCEL_ALL);
-    io_uring_sqe_set_data64(sqe, UDL_CANCEL);
-    io_uring_submit(l->ring);
-    while (l->accepts > 0) {
-        struct __kernel_timespec ts = {.tv_sec = 1};
-        struct io_uring_cqe *cqe;
-        int rc = io_uring_wait_cqe_timeout(l->ring, &cqe, &ts);
-        if (rc == -EINTR)
-            continue;
-        if (rc < 0)
-            return;
-        if (io_uring_cqe_get_data64(cqe) == UDL_ACCEPT) {
-            l->accepts--;
-            if (cqe->res >= 0)
-                close(cqe->res);
-        }
-        io_uring_cqe_seen(l->ring, cqe);
-    }
-}
-
-static int listener_loop(struct listener *l)
-{
-    struct broker *b = l->b;
-    reserve_take(&l->reserve);
-    arm_signal(l->ring, l->sfd, &l->si);
-    while (!atomic_load_explicit(&b->stopping, memory_order_relaxed)) {
-        accept_refill(l);
-        int rc = io_uring_submit_and_wait(l->ring, 1);
-        if (rc < 0 && rc != -EINTR) {
-            log_write(LOG_LEVEL_ERROR, "listener io_uring failed", LOG_ERRNO(rc));
-            return rc;
-        }
-        struct io_uring_cqe *cqe;
-        unsigned head, seen = 0;
-        io_uring_for_each_cqe(l->ring, head, cqe)
-        {
-            seen++;
-            uint64_t ud = io_uring_cqe_get_data64(cqe);
-            if (ud == UDL_ACCEPT) {
-                on_accept_cqe(l, cqe->res);
-            } else if (ud == UDL_BACKOFF) {
-                l->backoff_armed = false;
-                reserve_take(&l->reserve);
-            } else if (ud == UDL_SIGNAL) {
-                on_signal(l, cqe->res);
-            }
-        }
-        io_uring_cq_advance(l->ring, seen);
-        for (uint32_t i = 0; i < b->nworkers; i++)
-            if (l->wake[i]) {
-                post_msg(l->ring, b->workers[i], BROKER_MSG_NEWCONN);
-                l->wake[i] = false;
-            }
-    }
-    return 0;
-}
-
-/* The cache's figures, measured by the allocator, once at exit (until the
- * admin socket reports them live). */
-static void log_cache_figures(struct broker *b)
-{
-    struct cache_stats st;
-    if (!b->cache || cache_stats_read(b->cache, &st) < 0)
-        return;
-    log_write(LOG_LEVEL_INFO, "cache at exit", LOG_UINT("entries", st.entries),
-              LOG_UINT("bytes", st.bytes), LOG_UINT("arena_bytes", st.arena_bytes),
-              LOG_UINT("overhead_bytes", st.overhead_bytes), LOG_UINT("hits", st.hits),
-              LOG_UINT("misses", st.misses), LOG_UINT("stale_hits", st.stale_hits),
-              LOG_UINT("evictions", st.evictions), LOG_UINT("expirations", st.expirations),
-              LOG_UINT("invalidations", st.invalidations), LOG_UINT("sets", st.sets),
-              LOG_UINT("stale_sets", st.stale_sets), LOG_UINT("max_bytes", st.max_bytes));
-}
-
-int broker_run(struct broker *b)
-{
-    sigset_t mask;
-    sigemptyset(&mask);
-    sigaddset(&mask, SIGTERM);
-    sigaddset(&mask, SIGINT);
-    sigaddset(&mask, SIGHUP);
-    /* Blocked before any thread exists, so every thread inherits it and the
-     * signals are only ever consumed through the signalfd. */
-    pthread_sigmask(SIG_BLOCK, &mask, NULL);
-    signal(SIGPIPE, SIG_IGN);
-    int sfd = signalfd(-1, &mask, SFD_CLOEXEC);
-    if (sfd < 0)
-        return -errno;
-    struct io_uring ring;
-    int rc = io_uring_queue_init(256, &ring, 0);
-    if (rc < 0) {
-        close(sfd);
-        return rc;
-    }
-    uint32_t started = 0;
-    for (; started < b->nworkers; started++)
-        if ((rc = worker_start(b->workers[started])) < 0) {
-            log_write(LOG_LEVEL_ERROR, "cannot start worker", LOG_ERRNO(rc),
-                      LOG_UINT("worker", started));
-            break;
-        }
-    struct listener l = {.b = b, .ring = &ring, .sfd = sfd, .reserve = {-1}};
-    if (started == b->nworkers) {
-        fd_budget_init(b, &l.fds);
-        log_write(LOG_LEVEL_INFO, "brokerd ready", LOG_CSTR("listen", b->cfg.listen),
-                  LOG_UINT("workers", b->nworkers), LOG_UINT("backends", b->nbackends),
-                  LOG_CSTR("backend", b->cfg.backends[0].name),
-                  LOG_UINT("client_cap", fd_cap(b, &l.fds)), LOG_UINT("nofile", l.fds.limit),
-                  LOG_UINT("fds_kept", l.fds.kept));
-        rc = listener_loop(&l);
-        if (l.reserve.fd >= 0)
-            close(l.reserve.fd);
-    }
-    /* Stop accepting first: the accepts are cancelled and the socket file
-     * is removed, so new clients fail fast instead of queueing. */
-    atomic_store_explicit(&b->stopping, true, memory_order_relaxed);
-    accept_cancel_all(&l);
-    close(b->listen_fd);
-    b->listen_fd = -1;
-    if (b->listen_unlink) {
-        unlink(b->cfg.listen);
-        b->listen_unlink = false;
-    }
-    /* Before the messages: a worker reads it once it has drained. */
-    atomic_store_explicit(&b->nstarted, started, memory_order_release);
-    for (uint32_t i = 0; i < started; i++)
-        post_msg(&ring, b->workers[i], BROKER_MSG_SHUTDOWN);
-    io_uring_submit(&ring);
-    for (uint32_t i = 0; i < started; i++)
-        worker_join(b->workers[i]);
-    io_uring_queue_exit(&ring);
-    close(sfd);
-    log_cache_figures(b);
-    log_write(LOG_LEVEL_INFO, "brokerd stopped", LOG_END);
     return rc;
 }
 
@@ -774,6 +306,11 @@ void broker_free(struct broker *b)
         close(b->listen_fd);
     if (b->listen_unlink)
         unlink(b->cfg.listen);
+    admin_stop(b->admin); /* normally stopped by broker_run already */
+    if (b->admin_fd >= 0)
+        close(b->admin_fd);
+    if (b->admin_unlink)
+        unlink(b->cfg.admin_listen);
     cache_free(b->cache);
     if (b->cache_arena_ok)
         arena_destroy(b->cache_arena);

@@ -2,7 +2,9 @@
  * broker.h - the daemon's process-wide state and its threads.
  *
  * Shape:
- *   main thread (broker.c): one io_uring with a few single-shot accepts on
+ *   setup and teardown (broker.c): broker_create builds everything below
+ *     from the config and binds the client socket; broker_free undoes it.
+ *   main thread (listener.c): one io_uring with a few single-shot accepts on
  *     the client socket (as many as the descriptor budget allows) and a
  *     read on a signalfd. Each accepted client fd goes
  *     to a worker round-robin through that worker's SPSC inbox ring, plus an
@@ -64,12 +66,11 @@ struct bconn {
     struct __kernel_timespec ts_link; /* link timeout (connect / idle) */
 };
 
+/* Per-backend connection events (rare next to requests: shared atomics).
+ * Per-request counts are per worker (struct wstats in worker.h). */
 struct backend_stats {
-    _Atomic uint64_t requests, ok, errors, timeouts, connects, connect_failures, closed;
+    _Atomic uint64_t connects, connect_failures, closed;
     _Atomic uint64_t stale_closed; /* idle connections found dead before reuse */
-    _Atomic uint64_t abandoned;    /* queued requests dropped: their client was gone */
-    _Atomic uint64_t cache_hits, cache_misses, stale_served, coalesced;
-    _Atomic uint64_t retries;      /* reads sent again after a curable failure */
     _Atomic uint32_t open_conns, peak_conns;
 };
 
@@ -109,6 +110,10 @@ struct broker {
      * (returning stray slots to the pool) until every started worker has
      * nothing left, so no slot is stranded in a ring nobody reads. */
     _Atomic uint32_t nstarted, nfinished;
+    uint64_t started_ms;  /* CLOCK_MONOTONIC at broker_create, for uptime */
+    struct admin *admin;  /* the admin socket's thread (admin.c) while it runs */
+    int admin_fd;         /* the admin socket (admin_listen), listening */
+    bool admin_unlink;    /* we created its file */
 };
 
 /* Message kinds posted to a worker's ring with IORING_OP_MSG_RING. */

@@ -267,6 +267,12 @@ int worker_create(struct broker *b, uint32_t id, struct worker **out)
     }
     for (uint32_t i = 0; i < b->nbackends; i++)
         w->retry_budget[i] = RETRY_BUDGET_MAX; /* full: the first failures may retry */
+    w->bstats = calloc(b->nbackends ? b->nbackends : 1, sizeof *w->bstats);
+    if (!w->bstats) {
+        free(w->retry_budget);
+        free(w);
+        return -ENOMEM;
+    }
     int rc = admit_init(w);
     if (rc < 0)
         goto err;
@@ -290,6 +296,7 @@ err_rl:
     admit_destroy(w);
 err:
     free(w->retry_budget);
+    free(w->bstats);
     free(w);
     return rc;
 }
@@ -351,6 +358,7 @@ void worker_free(struct worker *w)
     free(w->heap);
     free(w->handoffs);
     free(w->retry_budget);
+    free(w->bstats);
     admit_destroy(w);
     proto_buf_free(&w->scratch);
     free(w);

@@ -113,6 +113,24 @@ struct client {
     uint64_t rl_key;               /* rate-limit identity (admit.c) */
 };
 
+/* Request counts of one worker for one backend. One writer (the worker),
+ * read by the admin thread and summed over workers: plain loads and
+ * stores, no shared cache line bounced between cores per request. */
+struct wstats {
+    _Atomic uint64_t ok;           /* success answers, cached ones included */
+    _Atomic uint64_t errors;       /* error answers of requests that reached this backend's stage */
+    _Atomic uint64_t timeouts;     /* of which timeout */
+    _Atomic uint64_t cache_hits, cache_misses, stale_served, coalesced;
+    _Atomic uint64_t retries;      /* reads sent again after a curable failure */
+    _Atomic uint64_t abandoned;    /* queued requests dropped: their client was gone */
+};
+
+static inline void wstat_inc(_Atomic uint64_t *c)
+{
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+}
+
 struct handoff {
     uint64_t token;
     struct pool_slot *slot;
@@ -148,6 +166,9 @@ struct worker {
     struct ratelimit rl;
     uint64_t rl_sweep_ns;
     uint64_t conn_serial;
+    /* counters (one writer: this worker; summed by the admin thread) */
+    struct wstats *bstats;                    /* [nbackends] */
+    _Atomic uint64_t errors[PROTO_CODE_COUNT]; /* error answers by code */
     /* retries (retry.c): milli-tokens per backend, and the jitter source */
     uint32_t *retry_budget;
     uint64_t rng;

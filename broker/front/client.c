@@ -86,6 +86,7 @@ void client_emit_error_ex(struct worker *w, struct client *c, const struct proto
                           enum proto_code code, const char *msg, size_t msg_len,
                           int64_t retry_after_ms, unsigned flags)
 {
+    wstat_inc(&w->errors[code]);
     if (c->dead)
         return;
     if (proto_write_error_ex(&c->out, id, code, msg, msg_len, retry_after_ms, flags) < 0) {

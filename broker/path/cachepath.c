@@ -97,8 +97,8 @@ static bool is_read(const struct backend *be, const struct proto_span *type)
 
 static void count_hit(struct worker *w, struct client *c, struct backend *be)
 {
-    atomic_fetch_add_explicit(&be->stats.cache_hits, 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&be->stats.ok, 1, memory_order_relaxed);
+    wstat_inc(&w->bstats[be->index].cache_hits);
+    wstat_inc(&w->bstats[be->index].ok);
     client_mark_dirty(w, c);
 }
 
@@ -146,14 +146,14 @@ bool cachepath_coalesce(struct worker *w, struct req *r)
     struct broker *b = w->b;
     if (!r->cacheable || r->bypass || !b->coalesce_ok)
         return false;
-    atomic_fetch_add_explicit(&r->be->stats.cache_misses, 1, memory_order_relaxed);
+    wstat_inc(&w->bstats[r->be->index].cache_misses);
     size_t key_len = r->breq.len;
     struct coalesce_ticket *t;
     int rc = coalesce_join(&b->coalesce, r->be->index, r->breq.data, key_len,
                            handoff_token(w, r), &t);
     if (rc == COALESCE_FOLLOWER) {
         r->state = REQ_FOLLOWING;
-        atomic_fetch_add_explicit(&r->be->stats.coalesced, 1, memory_order_relaxed);
+        wstat_inc(&w->bstats[r->be->index].coalesced);
         return true;
     }
     if (rc != COALESCE_LEADER)
@@ -171,8 +171,8 @@ bool cachepath_coalesce(struct worker *w, struct req *r)
         out->len = start;
         return false; /* the leader: to the backend */
     }
-    atomic_fetch_add_explicit(&r->be->stats.cache_hits, 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&r->be->stats.ok, 1, memory_order_relaxed);
+    wstat_inc(&w->bstats[r->be->index].cache_hits);
+    wstat_inc(&w->bstats[r->be->index].ok);
     req_answer_commit(w, r, out, start, 0);
     req_done(w, r);
     return true;
@@ -217,8 +217,8 @@ bool cachepath_serve_stale(struct worker *w, struct req *r)
         out->len = start;
         return false;
     }
-    atomic_fetch_add_explicit(&r->be->stats.stale_served, 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&r->be->stats.ok, 1, memory_order_relaxed);
+    wstat_inc(&w->bstats[r->be->index].stale_served);
+    wstat_inc(&w->bstats[r->be->index].ok);
     req_answer_commit(w, r, out, start, 0);
     req_done(w, r);
     return true;
@@ -241,7 +241,7 @@ static void answer_follower(struct worker *w, uint64_t token, const struct coale
             c->dead = true; /* cannot buffer the answer: cut the client off */
         }
     }
-    atomic_fetch_add_explicit(&r->be->stats.ok, 1, memory_order_relaxed);
+    wstat_inc(&w->bstats[r->be->index].ok);
     client_mark_dirty(w, c);
     req_done(w, r);
 }

@@ -141,14 +141,15 @@ void req_vfail(struct worker *w, struct req *r, enum proto_code code, int64_t re
         return;
     char msg[PROTO_MESSAGE_MAX];
     size_t len = msg_vformat(msg, sizeof msg, fmt, ap);
+    wstat_inc(&w->errors[code]);
     struct proto_span id = req_id(r);
     struct proto_buf *out = req_answer_out(w, r);
     size_t start = out->len;
     int rc = proto_write_error_ex(out, &id, code, msg, len, retry_after_ms, 0);
     req_answer_commit(w, r, out, start, rc);
     if (code == PROTO_TIMEOUT)
-        atomic_fetch_add_explicit(&r->be->stats.timeouts, 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&r->be->stats.errors, 1, memory_order_relaxed);
+        wstat_inc(&w->bstats[r->be->index].timeouts);
+    wstat_inc(&w->bstats[r->be->index].errors);
     req_done(w, r);
 }
 
@@ -183,11 +184,12 @@ void req_answer_reply(struct worker *w, struct req *r, const struct proto_reply 
         rc = proto_write_answer(out, &id, &rep->result, 0, &result_off);
         if (rc == 0 && rep->result.ptr)
             cachepath_fill(w, r, out->data + result_off, rep->result.len);
-        atomic_fetch_add_explicit(&r->be->stats.ok, 1, memory_order_relaxed);
+        wstat_inc(&w->bstats[r->be->index].ok);
     } else {
+        wstat_inc(&w->errors[PROTO_BACKEND_ERROR]);
         rc = proto_write_error_ex(out, &id, PROTO_BACKEND_ERROR, rep->message.ptr,
                                   rep->message.len, -1, rep->message_flags);
-        atomic_fetch_add_explicit(&r->be->stats.errors, 1, memory_order_relaxed);
+        wstat_inc(&w->bstats[r->be->index].errors);
     }
     req_answer_commit(w, r, out, start, rc);
     req_done(w, r);

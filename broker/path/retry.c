@@ -109,7 +109,7 @@ static void retry_later(struct worker *w, struct req *r, uint64_t at)
     r->attempts++;
     r->idle_ns = at;
     deadline_rekey(w, r);
-    atomic_fetch_add_explicit(&r->be->stats.retries, 1, memory_order_relaxed);
+    wstat_inc(&w->bstats[r->be->index].retries);
 }
 
 void req_backend_fail(struct worker *w, struct req *r, enum backend_why why, uint64_t ms,

@@ -51,6 +51,7 @@ enum proto_code {
     PROTO_INTERNAL,
     PROTO_CODE_COUNT
 };
+#define PROTO_CODE_COUNT (PROTO_INTERNAL + 1)
 
 /* "bad_request", ...; "internal" for an out-of-range value. */
 const char *proto_code_name(enum proto_code code);

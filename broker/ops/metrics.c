@@ -1,0 +1,213 @@
+/*
+ * metrics.c - the Prometheus text exposition of the broker's figures.
+ *
+ * Format 0.0.4: for each metric family one "# HELP" and one "# TYPE" line,
+ * then its samples; counters end in _total; label values are backend names
+ * (config-checked to [A-Za-z0-9_-]), error codes and fixed words, so no
+ * escaping is ever needed. The figures are the ones stats.c reads (summed
+ * per-worker counters, pool and breaker atomics, the cache's and jemalloc's
+ * own figures); memory is read with a fresh jemalloc epoch, so a scrape costs
+ * tens of microseconds on the admin thread, never on a worker.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "arena.h"
+#include "metrics.h"
+#include "stats.h"
+#include "worker.h"
+
+struct out {
+    FILE *f;
+};
+
+static void family(struct out *o, const char *name, const char *type, const char *help)
+{
+    fprintf(o->f, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void sample(struct out *o, const char *name, const char *labels, double v)
+{
+    fprintf(o->f, "%s%s%s%s %.9g\n", name, labels ? "{" : "", labels ? labels : "",
+            labels ? "}" : "", v);
+}
+
+static void sample_u(struct out *o, const char *name, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* name{labels} value: fmt formats the labels and then the value (%llu). */
+static void sample_u(struct out *o, const char *name, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs(name, o->f);
+    vfprintf(o->f, fmt, ap);
+    fputc('\n', o->f);
+    va_end(ap);
+}
+
+typedef unsigned long long ull;
+
+static void per_backend_counter(struct out *o, struct broker *b, const char *name, const char *help,
+                                size_t off)
+{
+    family(o, name, "counter", help);
+    for (uint32_t i = 0; i < b->nbackends; i++) {
+        struct stats_counts s;
+        stats_counts_read(b, i, &s);
+        sample_u(o, name, "{backend=\"%s\"} %llu", b->backends[i].cfg->name,
+                 (ull) * (const uint64_t *)(const void *)((const char *)&s + off));
+    }
+}
+
+#define ATOM(x) ((ull)atomic_load_explicit(&(x), memory_order_relaxed))
+
+char *metrics_text(struct broker *b, size_t *len)
+{
+    char *buf = NULL;
+    size_t size = 0;
+    struct out o = {open_memstream(&buf, &size)};
+    if (!o.f)
+        return NULL;
+    family(&o, "brokerd_uptime_seconds", "gauge", "Seconds since the broker started.");
+    sample(&o, "brokerd_uptime_seconds", NULL, (double)stats_uptime_ms(b) / 1000.0);
+    family(&o, "brokerd_clients", "gauge", "Client connections open.");
+    sample_u(&o, "brokerd_clients", " %llu", ATOM(b->nclients));
+    family(&o, "brokerd_requests_in_flight", "gauge", "Requests admitted and not answered yet.");
+    sample_u(&o, "brokerd_requests_in_flight", " %llu", ATOM(b->inflight));
+    family(&o, "brokerd_error_answers_total", "counter", "Error answers, by error code.");
+    for (int c = 0; c < PROTO_CODE_COUNT; c++)
+        sample_u(&o, "brokerd_error_answers_total", "{code=\"%s\"} %llu",
+                 proto_code_name((enum proto_code)c),
+                 (ull)stats_errors_by_code(b, (enum proto_code)c));
+    family(&o, "brokerd_rate_limited_total", "counter",
+           "Request lines refused by their client's token bucket.");
+    sample_u(&o, "brokerd_rate_limited_total", " %llu", ATOM(b->rate_limited));
+
+    per_backend_counter(&o, b, "brokerd_backend_ok_total",
+                        "Success answers (cached, stale and coalesced ones included).",
+                        offsetof(struct stats_counts, ok));
+    per_backend_counter(&o, b, "brokerd_backend_errors_total",
+                        "Error answers of requests routed to the backend.",
+                        offsetof(struct stats_counts, errors));
+    per_backend_counter(&o, b, "brokerd_backend_timeouts_total", "Requests answered timeout.",
+                        offsetof(struct stats_counts, timeouts));
+    per_backend_counter(&o, b, "brokerd_backend_retries_total",
+                        "Reads sent again after a connection failure.",
+                        offsetof(struct stats_counts, retries));
+    per_backend_counter(&o, b, "brokerd_cache_hits_total", "Reads answered from the cache.",
+                        offsetof(struct stats_counts, cache_hits));
+    per_backend_counter(&o, b, "brokerd_cache_misses_total", "Cacheable reads not in the cache.",
+                        offsetof(struct stats_counts, cache_misses));
+    per_backend_counter(&o, b, "brokerd_coalesced_total",
+                        "Reads that joined an identical read in flight.",
+                        offsetof(struct stats_counts, coalesced));
+    per_backend_counter(&o, b, "brokerd_stale_served_total",
+                        "Reads answered from an expired entry while the backend was failing.",
+                        offsetof(struct stats_counts, stale_served));
+
+    family(&o, "brokerd_pool_connections", "gauge", "Backend connections by state.");
+    for (uint32_t i = 0; i < b->nbackends; i++) {
+        struct backend *be = &b->backends[i];
+        struct pool_stats ps;
+        pool_stats_read(&be->pool, &ps);
+        uint32_t unheld = ps.idle + ring_mpmc_size(&be->pool.spare);
+        sample_u(&o, "brokerd_pool_connections", "{backend=\"%s\",state=\"open\"} %llu",
+                 be->cfg->name, ATOM(be->stats.open_conns));
+        sample_u(&o, "brokerd_pool_connections", "{backend=\"%s\",state=\"idle\"} %llu",
+                 be->cfg->name, (ull)ps.idle);
+        sample_u(&o, "brokerd_pool_connections", "{backend=\"%s\",state=\"busy\"} %llu",
+                 be->cfg->name, (ull)(be->pool.size > unheld ? be->pool.size - unheld : 0));
+    }
+    family(&o, "brokerd_pool_size", "gauge", "Configured pool_size.");
+    for (uint32_t i = 0; i < b->nbackends; i++)
+        sample_u(&o, "brokerd_pool_size", "{backend=\"%s\"} %llu", b->backends[i].cfg->name,
+                 (ull)b->backends[i].pool.size);
+    family(&o, "brokerd_queue_waiting", "gauge", "Requests waiting for a backend connection.");
+    family(&o, "brokerd_queue_overloaded_total", "counter",
+           "Requests refused because max_queue requests were waiting.");
+    for (uint32_t i = 0; i < b->nbackends; i++) {
+        struct pool_stats ps;
+        pool_stats_read(&b->backends[i].pool, &ps);
+        sample_u(&o, "brokerd_queue_waiting", "{backend=\"%s\"} %llu", b->backends[i].cfg->name,
+                 (ull)ps.waiting);
+        sample_u(&o, "brokerd_queue_overloaded_total", "{backend=\"%s\"} %llu",
+                 b->backends[i].cfg->name, (ull)ps.overloaded);
+    }
+    family(&o, "brokerd_backend_connects_total", "counter", "Backend connections opened.");
+    for (uint32_t i = 0; i < b->nbackends; i++)
+        sample_u(&o, "brokerd_backend_connects_total", "{backend=\"%s\"} %llu",
+                 b->backends[i].cfg->name, ATOM(b->backends[i].stats.connects));
+    family(&o, "brokerd_backend_connect_failures_total", "counter",
+           "Backend connections that failed to open.");
+    for (uint32_t i = 0; i < b->nbackends; i++)
+        sample_u(&o, "brokerd_backend_connect_failures_total", "{backend=\"%s\"} %llu",
+                 b->backends[i].cfg->name, ATOM(b->backends[i].stats.connect_failures));
+
+    family(&o, "brokerd_backend_up", "gauge", "1 when the backend's health checks pass.");
+    for (uint32_t i = 0; i < b->nbackends; i++)
+        sample_u(&o, "brokerd_backend_up", "{backend=\"%s\"} %llu", b->backends[i].cfg->name,
+                 ATOM(b->backends[i].health.up));
+    family(&o, "brokerd_health_checks_total", "counter", "Health checks run.");
+    for (uint32_t i = 0; i < b->nbackends; i++)
+        sample_u(&o, "brokerd_health_checks_total", "{backend=\"%s\"} %llu",
+                 b->backends[i].cfg->name, ATOM(b->backends[i].health.checks));
+    family(&o, "brokerd_health_check_failures_total", "counter", "Health checks that failed.");
+    for (uint32_t i = 0; i < b->nbackends; i++)
+        sample_u(&o, "brokerd_health_check_failures_total", "{backend=\"%s\"} %llu",
+                 b->backends[i].cfg->name, ATOM(b->backends[i].health.failures));
+    family(&o, "brokerd_breaker_state", "gauge",
+           "Circuit breaker state: 1 for the state it is in, 0 for the others.");
+    family(&o, "brokerd_breaker_opened_total", "counter", "Times the circuit opened.");
+    for (uint32_t i = 0; i < b->nbackends; i++) {
+        struct breaker_stats bs;
+        breaker_stats_read(&b->backends[i].breaker, now_ns(), &bs);
+        for (int s = BREAKER_CLOSED; s <= BREAKER_HALF_OPEN; s++)
+            sample_u(&o, "brokerd_breaker_state", "{backend=\"%s\",state=\"%s\"} %d",
+                     b->backends[i].cfg->name, breaker_state_name((enum breaker_state)s),
+                     (int)bs.state == s);
+        sample_u(&o, "brokerd_breaker_opened_total", "{backend=\"%s\"} %llu",
+                 b->backends[i].cfg->name, (ull)bs.opened);
+    }
+
+    if (b->cache) {
+        struct cache_stats cs;
+        if (cache_stats_read(b->cache, &cs) == 0) {
+            uint64_t looked = cs.hits + cs.misses;
+            family(&o, "brokerd_cache_entries", "gauge", "Entries in the response cache.");
+            sample_u(&o, "brokerd_cache_entries", " %llu", (ull)cs.entries);
+            family(&o, "brokerd_cache_bytes", "gauge",
+                   "Bytes of cached entries (allocator sizes).");
+            sample_u(&o, "brokerd_cache_bytes", " %llu", (ull)cs.bytes);
+            family(&o, "brokerd_cache_evictions_total", "counter", "Entries evicted for room.");
+            sample_u(&o, "brokerd_cache_evictions_total", " %llu", (ull)cs.evictions);
+            family(&o, "brokerd_cache_hit_ratio", "gauge", "Hits over lookups since start.");
+            sample(&o, "brokerd_cache_hit_ratio", NULL,
+                   looked ? (double)cs.hits / (double)looked : 0.0);
+        }
+    }
+    struct arena_stats as = {0};
+    if (arena_stats_read(b->cache_arena_ok ? b->cache_arena : ARENA_NONE, &as) == 0) {
+        family(&o, "brokerd_memory_bytes", "gauge",
+               "jemalloc figures, the cache arena's bytes and the resident set size.");
+        const struct {
+            const char *kind;
+            uint64_t v;
+        } m[] = {{"allocated", as.allocated},
+                 {"active", as.active},
+                 {"resident", as.resident},
+                 {"mapped", as.mapped},
+                 {"retained", as.retained},
+                 {"cache_arena", as.arena_allocated},
+                 {"rss", as.rss}};
+        for (size_t i = 0; i < sizeof m / sizeof m[0]; i++)
+            sample_u(&o, "brokerd_memory_bytes", "{kind=\"%s\"} %llu", m[i].kind, (ull)m[i].v);
+    }
+    if (fclose(o.f) != 0) {
+        free(buf);
+        return NULL;
+    }
+    *len = size;
+    return buf;
+}
