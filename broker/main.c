@@ -7,6 +7,7 @@
  * configuration (the message names the key or the cause).
  */
 #include <errno.h>
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,8 +22,9 @@
 static void usage(FILE *out)
 {
     fprintf(out,
-            "usage: brokerd [--config FILE] [--check-config] [--print-config-reference]\n"
-            "               [--help] [--version]\n"
+            "usage: brokerd [--config FILE] [--listen PATH] [--backend [NAME=]ADDRESS]...\n"
+            "               [--workers N] [--log-level LEVEL] [--check-config]\n"
+            "               [--print-config-reference] [--help] [--version]\n"
             "\n"
             "A socket broker: many local clients (NDJSON over a Unix socket) share a few\n"
             "persistent backend connections (for example Blender's MCP add-on socket).\n"
@@ -30,6 +32,14 @@ static void usage(FILE *out)
             "  --config FILE             JSON configuration; without it the embedded\n"
             "                            defaults apply (listen on ./broker.sock, one\n"
             "                            backend \"blender\" at 127.0.0.1:9876)\n"
+            "  --listen PATH             the client socket (key listen)\n"
+            "  --backend [NAME=]ADDRESS  replaces the configured backends with this one\n"
+            "                            (repeat for more; names default to blender,\n"
+            "                            backend2, ...; other keys keep their defaults)\n"
+            "  --workers N               worker threads (key workers; 0 = CPUs)\n"
+            "  --log-level LEVEL         debug, info, warn or error (key log.level)\n"
+            "                            Flags apply on top of --config and are checked\n"
+            "                            like the file: errors name the key.\n"
             "  --check-config            validate the configuration and exit\n"
             "  --print-config-reference  print every configuration key as Markdown\n"
             "  --help                    this text and the configuration keys\n"
@@ -40,6 +50,76 @@ static void usage(FILE *out)
             "\n"
             "Configuration keys:\n");
     config_print_help(out);
+}
+
+/* Command-line settings, applied on top of the file. */
+struct flags {
+    const char *listen, *workers, *log_level;
+    const char *backends[CONFIG_BACKENDS_MAX];
+    size_t nbackends;
+};
+
+static bool flags_any(const struct flags *f)
+{
+    return f->listen || f->workers || f->log_level || f->nbackends;
+}
+
+/* Overlay the flags on cfg through the configuration's own JSON (dump, set,
+ * load): they are validated by the same code as a file, and an error names
+ * the key. 0, or -EINVAL with err set (cfg unchanged). */
+static int apply_flags(struct broker_config *cfg, const struct flags *f, char *err, size_t errlen)
+{
+    char *text = NULL;
+    if (config_dump_json(cfg, &text) < 0) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    json_t *doc = json_loads(text, 0, NULL);
+    free(text);
+    if (!doc) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    if (f->listen)
+        json_object_set_new(doc, "listen", json_string(f->listen));
+    if (f->workers) {
+        char *end;
+        errno = 0;
+        long long n = strtoll(f->workers, &end, 10);
+        if (errno || *end || end == f->workers) {
+            snprintf(err, errlen, "--workers: \"%s\" is not a whole number", f->workers);
+            json_decref(doc);
+            return -EINVAL;
+        }
+        json_object_set_new(doc, "workers", json_integer(n));
+    }
+    if (f->log_level)
+        json_object_set_new(json_object_get(doc, "log"), "level", json_string(f->log_level));
+    if (f->nbackends) {
+        json_t *arr = json_array();
+        for (size_t i = 0; i < f->nbackends; i++) {
+            const char *v = f->backends[i], *eq = strchr(v, '=');
+            char name[CONFIG_NAME_MAX + 16];
+            /* NAME=ADDRESS when a '=' comes before any ':' (addresses have one) */
+            if (eq && eq != v && (size_t)(eq - v) < sizeof name &&
+                !memchr(v, ':', (size_t)(eq - v))) {
+                snprintf(name, sizeof name, "%.*s", (int)(eq - v), v);
+                v = eq + 1;
+            } else if (i == 0) {
+                snprintf(name, sizeof name, "blender");
+            } else {
+                snprintf(name, sizeof name, "backend%zu", i + 1);
+            }
+            json_array_append_new(arr, json_pack("{s:s,s:s}", "name", name, "address", v));
+        }
+        json_object_set_new(doc, "backends", arr);
+    }
+    text = json_dumps(doc, JSON_COMPACT);
+    json_decref(doc);
+    int rc = text ? config_load_string(cfg, text, strlen(text), "command line", err, errlen)
+                  : -ENOMEM;
+    free(text);
+    return rc;
 }
 
 static void warn_pending(void *arg, const char *key)
@@ -53,11 +133,24 @@ int main(int argc, char **argv)
 {
     const char *config_path = NULL;
     bool check_only = false;
+    struct flags fl = {0};
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--config") && i + 1 < argc) {
             config_path = argv[++i];
         } else if (!strncmp(argv[i], "--config=", 9)) {
             config_path = argv[i] + 9;
+        } else if (!strcmp(argv[i], "--listen") && i + 1 < argc) {
+            fl.listen = argv[++i];
+        } else if (!strcmp(argv[i], "--workers") && i + 1 < argc) {
+            fl.workers = argv[++i];
+        } else if (!strcmp(argv[i], "--log-level") && i + 1 < argc) {
+            fl.log_level = argv[++i];
+        } else if (!strcmp(argv[i], "--backend") && i + 1 < argc) {
+            if (fl.nbackends == CONFIG_BACKENDS_MAX) {
+                fprintf(stderr, "brokerd: at most %d --backend\n", CONFIG_BACKENDS_MAX);
+                return 2;
+            }
+            fl.backends[fl.nbackends++] = argv[++i];
         } else if (!strcmp(argv[i], "--check-config")) {
             check_only = true;
         } else if (!strcmp(argv[i], "--print-config-reference")) {
@@ -85,8 +178,14 @@ int main(int argc, char **argv)
         config_destroy(&cfg);
         return 2;
     }
+    if (flags_any(&fl) && apply_flags(&cfg, &fl, err, sizeof err) < 0) {
+        fprintf(stderr, "brokerd: configuration refused: %s\n", err);
+        config_destroy(&cfg);
+        return 2;
+    }
     if (check_only) {
-        printf("brokerd: configuration %s is valid\n", config_path ? config_path : "(defaults)");
+        printf("brokerd: configuration %s%s is valid\n", config_path ? config_path : "(defaults)",
+               flags_any(&fl) ? " with the command-line flags" : "");
         config_destroy(&cfg);
         return 0;
     }

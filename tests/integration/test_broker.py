@@ -858,6 +858,53 @@ def config_errors(env):
     assert p.returncode == 2 and b"--no-such-flag" in p.stderr, (p.returncode, p.stderr)
 
 
+@case
+def command_line_flags(env):
+    """--listen, --backend, --workers and --log-level on top of --config: the
+    broker serves on the flag's socket and backend, and a bad flag is refused
+    (exit 2) with the key it sets named, as a bad file would be."""
+    brokerd = os.path.join(env.bindir, "brokerd")
+    m = env.mockd()
+    cfg = bt.broker_config(env, backends=[bt.backend(env, address="unix:/nonexistent.sock")])
+    path = os.path.join(env.tmp, "flags.json")
+    with open(path, "w") as f:
+        json.dump(cfg, f)
+    sock = os.path.join(env.tmp, "flag.sock")
+    b = bt.Proc(env, "brokerd-flags", [brokerd, "--config", path, "--listen", sock,
+                                       "--backend", "mock=" + m.addr, "--workers", "1",
+                                       "--log-level", "debug"])
+    assert bt.wait_for(lambda: "brokerd ready" in b.stderr() or not b.alive(), t(10)), \
+        b.stderr()[-500:]
+    assert '"workers":1' in b.stderr() and '"backend":"mock"' in b.stderr(), b.stderr()[-800:]
+    a = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    a.settimeout(t(5))
+    a.connect(cfg["admin_listen"])
+    a.sendall(b'{"id":1,"cmd":"config"}\n')
+    buf = b""
+    while not buf.endswith(b"\n"):
+        buf += a.recv(1 << 20)
+    a.close()
+    eff = json.loads(buf)["result"]
+    assert eff["log"]["level"] == "debug" and eff["listen"] == sock and eff["workers"] == 1, eff
+    assert [x["name"] for x in eff["backends"]] == ["mock"], eff["backends"]
+    with bt.Client(sock) as c:
+        assert_success(c.call(1, "echo", {"x": 1}), "through --listen and --backend")
+        assert_success(c.call(2, "echo", {}, backend="mock"))
+    b.signal(signal.SIGTERM)
+    assert b.wait(t(10)) == 0
+    for args, key in ((["--workers", "many"], "--workers"),
+                      (["--workers", "999"], "workers"),
+                      (["--backend", "nohost"], "backends[0].address"),
+                      (["--log-level", "loud"], "log.level"),
+                      (["--listen", "x" * 200], "listen")):
+        p = subprocess.run([brokerd, "--config", path, *args, "--check-config"],
+                           capture_output=True, text=True, timeout=t(10))
+        assert p.returncode == 2 and key in p.stderr, (args, p.returncode, p.stderr)
+    p = subprocess.run([brokerd, "--backend", "127.0.0.1:1", "--backend", "b=unix:/x.sock",
+                        "--check-config"], capture_output=True, text=True, timeout=t(10))
+    assert p.returncode == 0 and "command-line flags" in p.stdout, (p.stdout, p.stderr)
+
+
 # --------------------------------------------------------------- flow control
 
 
