@@ -272,6 +272,7 @@ int broker_create(struct broker **out, struct broker_config *cfg, char *err, siz
                           errlen)) < 0)
         goto err;
     b->listen_unlink = true;
+    atomic_init(&b->accepting, true);
     /* The admin socket: owner only, whatever listen_mode allows. */
     if ((rc = listen_unix("admin_listen", b->cfg.admin_listen, 0600, &b->admin_fd, err,
                           errlen)) < 0)

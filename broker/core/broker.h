@@ -99,6 +99,7 @@ struct broker {
     _Atomic uint32_t inflight; /* requests in flight, for rate_limit.max_inflight */
     _Atomic uint64_t rate_limited; /* request lines refused by a client's token bucket */
     _Atomic bool stopping;
+    _Atomic bool accepting; /* false once draining (SIGUSR1, admin drain) or stopping */
     /* The response cache (NULL: off) in its own jemalloc arena, and the
      * table of in-flight misses that identical ones join. */
     struct cache *cache;

@@ -277,6 +277,7 @@ struct listener {
     struct __kernel_timespec backoff_ts;
     uint32_t next;  /* round-robin cursor over the workers */
     bool wake[256]; /* workers given a client this round */
+    bool drain_asked; /* SIGUSR1 seen: stop accepting after this round */
 };
 
 static void on_accept(struct listener *l, int fd)
@@ -336,7 +337,7 @@ static void on_accept_cqe(struct listener *l, int res)
  * an idle listener sleeps however many are armed. */
 static void accept_refill(struct listener *l)
 {
-    if (l->backoff_armed)
+    if (l->backoff_armed || l->b->listen_fd < 0)
         return;
     uint32_t want = fd_accepts_wanted(l->b, &l->fds);
     while (l->accepts < want) {
@@ -354,6 +355,8 @@ static void on_signal(struct listener *l, int res)
         atomic_store_explicit(&l->b->stopping, true, memory_order_relaxed);
         return;
     }
+    if (signo == SIGUSR1)
+        l->drain_asked = true; /* handled after this round's completions */
     if (signo == SIGHUP)
         log_write(LOG_LEVEL_WARN,
                   "SIGHUP: configuration reload is not implemented yet; "
@@ -390,6 +393,26 @@ static void accept_cancel_all(struct listener *l)
     }
 }
 
+/* Drain (SIGUSR1, admin drain) and shutdown: cancel the accepts, close the
+ * client socket and remove its file, so new clients fail at once (ENOENT)
+ * instead of queueing in a backlog nobody reads. Connected clients are not
+ * touched. */
+static void stop_accepting(struct listener *l, const char *why)
+{
+    struct broker *b = l->b;
+    accept_cancel_all(l);
+    if (b->listen_fd >= 0)
+        close(b->listen_fd);
+    b->listen_fd = -1;
+    if (b->listen_unlink) {
+        unlink(b->cfg.listen);
+        b->listen_unlink = false;
+    }
+    atomic_store_explicit(&b->accepting, false, memory_order_relaxed);
+    if (why)
+        log_write(LOG_LEVEL_INFO, why, LOG_CSTR("listen", b->cfg.listen));
+}
+
 static int listener_loop(struct listener *l)
 {
     struct broker *b = l->b;
@@ -418,6 +441,9 @@ static int listener_loop(struct listener *l)
             }
         }
         io_uring_cq_advance(l->ring, seen);
+        if (l->drain_asked && b->listen_fd >= 0)
+            stop_accepting(l, "draining: no new clients; the connected ones are served "
+                              "until SIGTERM");
         for (uint32_t i = 0; i < b->nworkers; i++)
             if (l->wake[i]) {
                 post_msg(l->ring, b->workers[i], BROKER_MSG_NEWCONN);
@@ -450,6 +476,7 @@ int broker_run(struct broker *b)
     sigaddset(&mask, SIGTERM);
     sigaddset(&mask, SIGINT);
     sigaddset(&mask, SIGHUP);
+    sigaddset(&mask, SIGUSR1); /* drain, as HAProxy's soft stop */
     /* Blocked before any thread exists, so every thread inherits it and the
      * signals are only ever consumed through the signalfd. */
     pthread_sigmask(SIG_BLOCK, &mask, NULL);
@@ -487,13 +514,7 @@ int broker_run(struct broker *b)
     /* Stop accepting first: the accepts are cancelled and the socket file
      * is removed, so new clients fail fast instead of queueing. */
     atomic_store_explicit(&b->stopping, true, memory_order_relaxed);
-    accept_cancel_all(&l);
-    close(b->listen_fd);
-    b->listen_fd = -1;
-    if (b->listen_unlink) {
-        unlink(b->cfg.listen);
-        b->listen_unlink = false;
-    }
+    stop_accepting(&l, NULL);
     /* Before the messages: a worker reads it once it has drained. */
     atomic_store_explicit(&b->nstarted, started, memory_order_release);
     for (uint32_t i = 0; i < started; i++)

@@ -8,8 +8,9 @@
  * {"id": ..., "status": "error", "error": {"code": C, "message": M}} with C
  * bad_request (not JSON, no "cmd") or unknown_command. Commands: stats,
  * health, pool, cache, memory, config, metrics (Prometheus text in
- * result.text), shutdown (as SIGTERM). reload and drain answer an error
- * saying they are not built yet, never a silent success.
+ * result.text), drain (as SIGUSR1: stop accepting clients, serve the
+ * connected ones) and shutdown (as SIGTERM). reload answers an error saying
+ * it is not built yet, never a silent success.
  *
  * Thread: one thread of its own, blocking in poll(2) on the listening
  * socket, its clients and an eventfd that admin_stop writes. Admin traffic
@@ -125,14 +126,16 @@ static json_t *run(struct admin *a, const char *cmd)
         log_write(LOG_LEVEL_INFO, "shutdown asked on the admin socket");
         kill(getpid(), SIGTERM); /* the listener's signalfd takes it, as any SIGTERM */
         res = json_pack("{s:b}", "shutting_down", 1);
-    } else if (strcmp(cmd, "reload") == 0 || strcmp(cmd, "drain") == 0) {
-        return error_obj("unsupported", strcmp(cmd, "reload") == 0
-                                            ? "reload is not built yet: restart brokerd to apply "
-                                              "a new configuration"
-                                            : "drain is not built yet");
+    } else if (strcmp(cmd, "drain") == 0) {
+        log_write(LOG_LEVEL_INFO, "drain asked on the admin socket");
+        kill(getpid(), SIGUSR1); /* the listener's signalfd takes it, as kill -USR1 */
+        res = json_pack("{s:b}", "draining", 1);
+    } else if (strcmp(cmd, "reload") == 0) {
+        return error_obj("unsupported", "reload is not built yet: restart brokerd to apply "
+                                        "a new configuration");
     } else {
         return error_obj("unknown_command", "unknown command; try stats, health, pool, cache, "
-                                            "memory, config, metrics or shutdown");
+                                            "memory, config, metrics, drain or shutdown");
     }
     if (!res)
         return error_obj("internal", "out of memory building the answer");

@@ -94,6 +94,7 @@ json_t *stats_json(struct broker *b)
     }
     json_object_set_new(o, "uptime_ms", u64(stats_uptime_ms(b)));
     json_object_set_new(o, "workers", u64(b->nworkers));
+    json_object_set_new(o, "accepting", json_boolean(LD(b->accepting)));
     json_object_set_new(o, "clients", u64(LD(b->nclients)));
     json_object_set_new(o, "inflight", u64(LD(b->inflight)));
     json_object_set_new(o, "answers_ok", u64(ok));

@@ -7,6 +7,7 @@ mockd.
   admin_errors_are_answers         not JSON, no cmd, unknown command, reload: one error line each
   metrics_parse_strictly           the Prometheus text passes a strict parser of the format
   admin_socket_mode_and_cleanup    mode 0600, removed at exit; shutdown command = SIGTERM
+  drain_stops_accepting            drain (admin or SIGUSR1): no new clients, connected ones served
   brokerctl_human_and_json         tables, --json, call, exit codes (1 error, 3 no broker)
   stuck_admin_client_harmless      an admin client that never reads does not slow clients
 
@@ -15,6 +16,7 @@ Usage: test_admin.py --bin BUILD/bin [-k NAME] [--keep] [-v]
 import json
 import os
 import re
+import signal
 import socket
 import stat
 import subprocess
@@ -223,6 +225,39 @@ def admin_socket_mode_and_cleanup(env):
     assert r["shutting_down"] is True
     assert b.wait(t(10)) == 0, "brokerd exit after the shutdown command"
     assert not os.path.exists(path), "admin socket file left behind"
+
+
+@case
+def drain_stops_accepting(env):
+    """drain: the client socket goes away at once (new clients get ENOENT,
+    not a hang in a backlog), clients already connected keep being served,
+    stats say accepting false; SIGTERM then ends it as usual. SIGUSR1 does
+    the same (a second broker)."""
+    env.mockd()
+    b = env.broker()
+    with b.connect() as c:
+        a = Admin(admin_path(b))
+        assert a.result("stats")["accepting"] is True
+        assert a.result("drain")["draining"] is True
+        assert bt.wait_for(lambda: not os.path.exists(b.path), t(5)), "socket file still there"
+        assert a.result("stats")["accepting"] is False
+        try:
+            bt.Client(b.path, timeout=t(1))
+            raise AssertionError("a new client was accepted while draining")
+        except (FileNotFoundError, ConnectionRefusedError):
+            pass
+        for i in range(5):
+            assert_success(c.call(i, "echo", {"i": i}), "a connected client while draining")
+        a.close()
+    assert "draining: no new clients" in b.stderr()
+    assert b.stop(t(10)) == 0
+    cfg2 = bt.broker_config(env, listen=os.path.join(env.tmp, "b2.sock"),
+                            admin_listen=os.path.join(env.tmp, "b2.admin.sock"))
+    b2 = env.broker(cfg2)
+    with b2.connect() as c:
+        b2.signal(signal.SIGUSR1)
+        assert bt.wait_for(lambda: not os.path.exists(b2.path), t(5)), "SIGUSR1 did not drain"
+        assert_success(c.call(1, "echo", {}), "connected client after SIGUSR1")
 
 
 @case
