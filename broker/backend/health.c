@@ -158,6 +158,13 @@ static void apply_result(struct worker *w, struct backend *be)
     struct health *h = &be->health;
     const struct config_health *hc = &be->cfg->health;
     uint64_t now = now_ns();
+    if (h->local_errno) {
+        /* Our own shortage says nothing about the backend: not counted. */
+        static struct log_ratelimit rl_local = LOG_RATELIMIT_INIT("health_skipped", 1, 5);
+        LOG_RATELIMITED_BY(&rl_local, LOG_LEVEL_WARN, "health check skipped",
+                           LOG_CSTR("backend", be->cfg->name), LOG_ERRNO(h->local_errno));
+        return;
+    }
     atomic_fetch_add_explicit(&h->checks, 1, memory_order_relaxed);
     uint32_t reason = backend_reason(h->result, (uint64_t)hc->timeout_ms);
     atomic_store_explicit(&h->last_why, reason, memory_order_relaxed);
@@ -219,6 +226,7 @@ static void check_begin(struct worker *w, struct backend *be)
     struct health *h = &be->health;
     h->checking = true;
     h->finished = false;
+    h->local_errno = 0;
     h->sent = 0;
     h->in.len = 0;
     h->started_ns = now_ns();
@@ -229,6 +237,7 @@ static void check_begin(struct worker *w, struct backend *be)
     h->deadline_armed = true;
     h->fd = socket(be->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (h->fd < 0) {
+        h->local_errno = errno; /* ours (EMFILE...), not the backend's */
         check_end(w, h, BE_WHY_IO);
         return;
     }
@@ -253,6 +262,7 @@ static void arm_send(struct worker *w, struct health *h)
 static void arm_recv(struct worker *w, struct health *h)
 {
     if (proto_buf_reserve_try(&h->in, HEALTH_RECV) < 0) {
+        h->local_errno = ENOMEM;
         check_end(w, h, BE_WHY_IO);
         return;
     }

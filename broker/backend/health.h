@@ -55,6 +55,7 @@ struct health {
     bool stopping;
     uint32_t io_ops; /* connect/send/recv in flight */
     enum backend_why result;
+    int local_errno;           /* the check failed on our side (EMFILE, ENOMEM): not counted */
     uint32_t ok_run, fail_run; /* consecutive results */
     uint64_t started_ns;
     size_t sent;

@@ -105,14 +105,14 @@ def readme_kept(cfg):
             + 3 + 1 + 1 + cfg["workers"] + 1 + 1 + 2 + 16)
 
 
-def fill_to_cap(env):
+def fill_to_cap(env, **backend_kw):
     """mockd, a broker (2 workers, one backend with POOL connections, none
     open yet) and its soft limit lowered to fds_kept + ROOM; clients opened
     until one is refused. Returns (broker, mockd, accepted sockets, the
     refusal line, fds_kept, limit)."""
     m = env.mockd()
     b = env.broker(bt.broker_config(env, workers=2, backends=[
-        bt.backend(env, pool_size=POOL, max_queue=64)]))
+        bt.backend(env, pool_size=POOL, max_queue=64, **backend_kw)]))
     ready = ready_fields(b)
     kept = readme_kept(b.cfg)
     assert ready.get("fds_kept", kept) == kept, \
@@ -334,8 +334,12 @@ def emfile_backs_off_and_recovers(env):
     """The limit lowered under the descriptors already open (so EMFILE at
     accept, the cap notwithstanding): 40 clients wait or are told, the broker
     neither spins nor floods its log, and a client is served again soon after
-    the limit is raised (the accept back-off tops out at 1 s)."""
-    b, m, accepted, refusal, kept, limit = fill_to_cap(env)
+    the limit is raised (the accept back-off tops out at 1 s). Health checks
+    run every 100 ms meanwhile: a check that cannot get a socket is our
+    shortage, not the backend's, so the backend is never marked down."""
+    b, m, accepted, refusal, kept, limit = fill_to_cap(
+        env, health={"command": "ping", "interval_ms": 100, "timeout_ms": 500, "fall": 2,
+                     "rise": 1})
     set_nofile(b.pid, b.fd_count() - 1)
     log0 = len(b.stderr())
     cpu0 = bt.cpu_seconds(b.pid)
@@ -347,6 +351,8 @@ def emfile_backs_off_and_recovers(env):
         "brokerd used %.2f s of CPU in 2 s while out of descriptors" % cpu
     assert len(log) < 10000, "%d bytes of log in 2 s out of descriptors" % len(log)
     assert "out of file descriptors" in log, log[-1000:]
+    assert "health check skipped" in log, log[-1000:]
+    assert "backend is down" not in b.stderr(), "EMFILE on our side marked the backend down"
     set_nofile(b.pid, limit + 64)
     t0 = time.monotonic()
     for s in socks:
