@@ -108,6 +108,8 @@ static int backend_init(struct broker *b, uint32_t i, char *err, size_t errlen)
         .probe_lease_ns = (uint64_t)(be->cfg->connect_timeout_ms + be->cfg->max_request_timeout_ms) *
                           1000000u,
     };
+    lat_commands_init(&be->cmds);
+    be->cmds_ok = true;
     breaker_init(&be->breaker, ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)be ^ i);
     if (health_init(be) < 0) {
         snprintf(err, errlen, "out of memory");
@@ -123,6 +125,8 @@ static void backend_destroy(struct backend *be)
     for (uint32_t s = 0; s < be->pool.size; s++)
         proto_buf_free(&be->conns[s].in);
     health_destroy(be);
+    if (be->cmds_ok)
+        lat_commands_destroy(&be->cmds);
     pool_destroy(&be->pool); /* closes every connected slot, wherever it is */
     free(be->conns);
     be->conns = NULL;

@@ -40,6 +40,7 @@
 #include "config.h"
 #include "frame.h"
 #include "health.h"
+#include "latency.h"
 #include "pool.h"
 #include "proto.h"
 #include "ring_spsc.h"
@@ -85,6 +86,8 @@ struct backend {
     struct breaker breaker;    /* any worker: lock-free (breaker.h) */
     struct breaker_cfg bkcfg;  /* from cfg->breaker, in ns */
     struct health health;      /* checks run by worker index % nworkers (health.h) */
+    struct lat_commands cmds;  /* command names of the latency histograms (latency.h) */
+    bool cmds_ok;
 };
 
 struct broker {

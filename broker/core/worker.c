@@ -268,7 +268,10 @@ int worker_create(struct broker *b, uint32_t id, struct worker **out)
     for (uint32_t i = 0; i < b->nbackends; i++)
         w->retry_budget[i] = RETRY_BUDGET_MAX; /* full: the first failures may retry */
     w->bstats = calloc(b->nbackends ? b->nbackends : 1, sizeof *w->bstats);
-    if (!w->bstats) {
+    w->lat = calloc(b->nbackends ? b->nbackends : 1, sizeof *w->lat);
+    if (!w->bstats || !w->lat) {
+        free(w->lat);
+        free(w->bstats);
         free(w->retry_budget);
         free(w);
         return -ENOMEM;
@@ -297,6 +300,7 @@ err_rl:
 err:
     free(w->retry_budget);
     free(w->bstats);
+    free(w->lat);
     free(w);
     return rc;
 }
@@ -359,6 +363,7 @@ void worker_free(struct worker *w)
     free(w->handoffs);
     free(w->retry_budget);
     free(w->bstats);
+    free(w->lat);
     admit_destroy(w);
     proto_buf_free(&w->scratch);
     free(w);

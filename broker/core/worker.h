@@ -80,6 +80,8 @@ struct req {
     bool bypass;      /* "cache": false: no lookup, no coalescing */
     bool mutating;    /* not read_only: invalidates its backend's entries */
     bool sent_any;    /* a byte of it may have reached the backend */
+    uint8_t cmd;      /* latency histogram slot of its command (latency.h) */
+    uint64_t start_ns; /* when its line was taken */
     bool probe;       /* the breaker's half-open probe: its outcome is reported */
     uint8_t attempts; /* retries so far (retry.c) */
     uint64_t cache_gen;             /* generation read before the lookup (miss) */
@@ -168,6 +170,7 @@ struct worker {
     uint64_t conn_serial;
     /* counters (one writer: this worker; summed by the admin thread) */
     struct wstats *bstats;                    /* [nbackends] */
+    struct lat_hist *lat;                     /* [nbackends] latency histograms */
     _Atomic uint64_t errors[PROTO_CODE_COUNT]; /* error answers by code */
     /* retries (retry.c): milli-tokens per backend, and the jitter source */
     uint32_t *retry_budget;

@@ -63,6 +63,50 @@ static void per_backend_counter(struct out *o, struct broker *b, const char *nam
 
 #define ATOM(x) ((ull)atomic_load_explicit(&(x), memory_order_relaxed))
 
+/* brokerd_request_duration_seconds{backend,command}: the workers' buckets
+ * summed, made cumulative; a command slot nobody used is left out. */
+static void latency_histograms(struct out *o, struct broker *b)
+{
+    const char *name = "brokerd_request_duration_seconds";
+    family(o, name, "histogram",
+           "Time from a request line to its answer, for requests past the cache, by backend "
+           "and command (at most 31 command names per backend, then \"other\").");
+    for (uint32_t bi = 0; bi < b->nbackends; bi++) {
+        struct backend *be = &b->backends[bi];
+        uint32_t ncmd = lat_commands_count(&be->cmds);
+        for (uint32_t k = 0; k < LAT_COMMANDS; k++) {
+            if (k >= ncmd && k != LAT_COMMANDS - 1)
+                continue;
+            uint64_t bucket[LAT_BUCKETS] = {0}, sum_ns = 0, count = 0;
+            for (uint32_t wi = 0; wi < b->nworkers; wi++) {
+                struct worker *w = b->workers[wi];
+                if (!w || !w->lat)
+                    continue;
+                for (uint32_t j = 0; j < LAT_BUCKETS; j++)
+                    bucket[j] += ATOM(w->lat[bi].buckets[k][j]);
+                sum_ns += ATOM(w->lat[bi].sum_ns[k]);
+            }
+            for (uint32_t j = 0; j < LAT_BUCKETS; j++)
+                count += bucket[j];
+            if (count == 0)
+                continue;
+            const char *cmd = lat_command_name(&be->cmds, k);
+            uint64_t cum = 0;
+            for (uint32_t j = 0; j < LAT_BUCKETS - 1; j++) {
+                cum += bucket[j];
+                fprintf(o->f, "%s_bucket{backend=\"%s\",command=\"%s\",le=\"%g\"} %llu\n", name,
+                        be->cfg->name, cmd, lat_bounds_s[j], (ull)cum);
+            }
+            fprintf(o->f, "%s_bucket{backend=\"%s\",command=\"%s\",le=\"+Inf\"} %llu\n", name,
+                    be->cfg->name, cmd, (ull)count);
+            fprintf(o->f, "%s_sum{backend=\"%s\",command=\"%s\"} %.9g\n", name, be->cfg->name, cmd,
+                    (double)sum_ns / 1e9);
+            fprintf(o->f, "%s_count{backend=\"%s\",command=\"%s\"} %llu\n", name, be->cfg->name,
+                    cmd, (ull)count);
+        }
+    }
+}
+
 char *metrics_text(struct broker *b, size_t *len)
 {
     char *buf = NULL;
@@ -106,6 +150,8 @@ char *metrics_text(struct broker *b, size_t *len)
     per_backend_counter(&o, b, "brokerd_stale_served_total",
                         "Reads answered from an expired entry while the backend was failing.",
                         offsetof(struct stats_counts, stale_served));
+
+    latency_histograms(&o, b);
 
     family(&o, "brokerd_pool_connections", "gauge", "Backend connections by state.");
     for (uint32_t i = 0; i < b->nbackends; i++) {

@@ -82,6 +82,7 @@ void req_done(struct worker *w, struct req *r)
     struct client *c = r->c;
     struct bconn *bc = r->bc;
     deadline_remove(w, r);
+    lat_record(&w->lat[r->be->index], r->cmd, now_ns() - r->start_ns);
     atomic_fetch_sub_explicit(&w->b->inflight, 1, memory_order_relaxed);
     c->inflight--;
     if (bc) {
@@ -258,7 +259,9 @@ static struct req *req_build(struct worker *w, struct client *c, struct backend 
     if (t > bcfg->max_request_timeout_ms)
         t = bcfg->max_request_timeout_ms;
     r->timeout_ms = (uint32_t)t;
-    r->deadline_ns = now_ns() + (uint64_t)t * 1000000u;
+    r->start_ns = now_ns();
+    r->cmd = (uint8_t)lat_command_slot(&be->cmds, rq->type.ptr, rq->type.len);
+    r->deadline_ns = r->start_ns + (uint64_t)t * 1000000u;
     r->idle_ns = UINT64_MAX;
     r->key_ns = r->deadline_ns;
     if (rc == 0)

@@ -176,14 +176,48 @@ def parse_prometheus(text):
             assert m, "line %d: not a sample: %r" % (n, ln)
             name, labels, value = m.group(1), m.group(2) or "", m.group(3)
             float(value)
-            assert name in fams and "type" in fams[name], "line %d: %s without TYPE" % (n, name)
+            fam = name
+            for suffix in ("_bucket", "_sum", "_count"):
+                base = name[:-len(suffix)]
+                if name.endswith(suffix) and fams.get(base, {}).get("type") == "histogram":
+                    fam = base
+            assert fam in fams and "type" in fams[fam], "line %d: %s without TYPE" % (n, name)
+            if fams[fam]["type"] == "histogram":
+                assert fam != name, "line %d: histogram sample without suffix" % n
+                if name.endswith("_bucket"):
+                    assert 'le="' in labels, "line %d: bucket without le" % n
             assert (name, labels) not in seen, "line %d: duplicate series" % n
             seen.add((name, labels))
-            fams[name]["samples"].append((labels, float(value)))
+            fams[fam]["samples"].append((name + labels, float(value)))
     for name, f in fams.items():
         if f.get("type") == "counter":
             assert name.endswith("_total"), "counter %s does not end in _total" % name
+        if f.get("type") == "histogram":
+            check_histogram(name, f["samples"])
     return fams
+
+
+def check_histogram(name, samples):
+    """Per series: buckets cumulative in le order, +Inf bucket == _count."""
+    series = {}
+    for key, v in samples:
+        m = re.match(r"^(%s)(?:\{(.*)\})?$" % METRIC, key)
+        sname, labels = m.group(1), m.group(2) or ""
+        le = re.search(r'le="([^"]*)"', labels)
+        rest = re.sub(r',?le="[^"]*"', "", labels)
+        s = series.setdefault(rest, {"buckets": [], "count": None})
+        if sname.endswith("_bucket"):
+            s["buckets"].append((float(le.group(1)), v))
+        elif sname.endswith("_count"):
+            s["count"] = v
+    for rest, s in series.items():
+        b = s["buckets"]
+        assert b and b[-1][0] == float("inf"), "%s{%s}: no +Inf bucket" % (name, rest)
+        assert [x[0] for x in b] == sorted(x[0] for x in b), "%s: le out of order" % name
+        assert all(b[i][1] <= b[i + 1][1] for i in range(len(b) - 1)), \
+            "%s{%s}: buckets not cumulative" % (name, rest)
+        assert s["count"] == b[-1][1], "%s{%s}: +Inf %s != count %s" % (
+            name, rest, b[-1][1], s["count"])
 
 
 @case
@@ -196,16 +230,21 @@ def metrics_parse_strictly(env):
     a = Admin(admin_path(b))
     fams = parse_prometheus(a.result("metrics")["text"])
     ok = dict(fams["brokerd_backend_ok_total"]["samples"])
-    assert ok['{backend="blender"}'] == 5, ok
+    assert ok['brokerd_backend_ok_total{backend="blender"}'] == 5, ok
+    lat = dict(fams["brokerd_request_duration_seconds"]["samples"])
+    key = 'brokerd_request_duration_seconds_count{backend="blender",command="echo"}'
+    assert lat.get(key) == 5, "latency count for echo: %s" % short(lat)
     for fam in ("brokerd_error_answers_total", "brokerd_pool_connections", "brokerd_queue_waiting",
                 "brokerd_breaker_state", "brokerd_backend_up", "brokerd_cache_hit_ratio",
                 "brokerd_memory_bytes", "brokerd_uptime_seconds", "brokerd_clients"):
         assert fam in fams and fams[fam]["samples"], "missing %s" % fam
     states = dict(fams["brokerd_breaker_state"]["samples"])
-    assert states['{backend="blender",state="closed"}'] == 1, states
+    assert states['brokerd_breaker_state{backend="blender",state="closed"}'] == 1, states
     # the parser itself refuses what it must
     for bad in ("x 1", "# TYPE x counter\nx 1\n", "# TYPE x_total counter\nx_total one\n",
-                "# TYPE y gauge\ny{a=b} 1\n"):
+                "# TYPE y gauge\ny{a=b} 1\n",
+                '# TYPE h histogram\nh_bucket{le="1"} 3\nh_bucket{le="+Inf"} 2\nh_count 2\n',
+                '# TYPE h histogram\nh_bucket{le="+Inf"} 2\nh_count 3\n'):
         try:
             parse_prometheus(bad if bad.endswith("\n") else bad)
         except (AssertionError, ValueError):
@@ -318,7 +357,7 @@ def stuck_admin_client_harmless(env):
     assert cut_off, "an admin client that never reads was not cut off (%d bytes sent)" % sent
     assert "not reading its answers" in b.stderr()
     a = Admin(admin_path(b))
-    assert a.result("stats")["clients"] == 0
+    assert bt.wait_for(lambda: a.result("stats")["clients"] == 0, t(5)), "clients left"
     a.close()
     s.close()
 
