@@ -13,6 +13,14 @@
  * exactly what sallocx() reports for each live block, which is what lets the
  * cache check its own accounting against the allocator.
  *
+ * Readers take one process-wide mutex around the epoch write and the reads
+ * that follow: another thread's epoch between them would mix two snapshots
+ * (the admin thread and worker 0's pressure check both read), and the lock
+ * gives the sanitizers the ordering of jemalloc's own lazily built stats
+ * structures, which they cannot see inside the uninstrumented library (TSan
+ * reported a race on a stats mutex jemalloc had just mapped on the other
+ * thread). Readers are rare, so the lock never waits for long.
+ *
  * Names are built with snprintf and looked up with mallctl on every call:
  * these are admin/soak/pressure-check paths (a few calls per second), not
  * request paths, so a MIB cache would be complexity without a reader.
@@ -21,6 +29,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -98,20 +107,26 @@ int arena_destroy(unsigned a)
     return rc != 0 ? -rc : 0;
 }
 
+static pthread_mutex_t stats_lock = PTHREAD_MUTEX_INITIALIZER;
+
 int arena_allocated(unsigned a, uint64_t *out)
 {
+    pthread_mutex_lock(&stats_lock);
     int rc = ctl_epoch();
-    if (rc != 0)
-        return rc;
-    return arena_allocated_nofresh(a, out);
+    if (rc == 0)
+        rc = arena_allocated_nofresh(a, out);
+    pthread_mutex_unlock(&stats_lock);
+    return rc;
 }
 
 int arena_process_allocated(uint64_t *out)
 {
+    pthread_mutex_lock(&stats_lock);
     int rc = ctl_epoch();
-    if (rc != 0)
-        return rc;
-    return ctl_read_size("stats.allocated", out);
+    if (rc == 0)
+        rc = ctl_read_size("stats.allocated", out);
+    pthread_mutex_unlock(&stats_lock);
+    return rc;
 }
 
 int arena_rss(uint64_t *out)
@@ -161,19 +176,16 @@ int arena_stats_read(unsigned a, struct arena_stats *out)
     };
 
     memset(out, 0, sizeof(*out));
+    pthread_mutex_lock(&stats_lock);
     int rc = ctl_epoch();
-    if (rc != 0)
-        return rc;
-    for (size_t i = 0; i < sizeof(figures) / sizeof(figures[0]); i++) {
+    for (size_t i = 0; rc == 0 && i < sizeof(figures) / sizeof(figures[0]); i++) {
         uint64_t *field = (uint64_t *)(void *)((char *)out + figures[i].offset);
         rc = ctl_read_size(figures[i].name, field);
-        if (rc != 0)
-            return rc;
     }
-    if (a != ARENA_NONE) {
+    if (rc == 0 && a != ARENA_NONE)
         rc = arena_allocated_nofresh(a, &out->arena_allocated);
-        if (rc != 0)
-            return rc;
-    }
+    pthread_mutex_unlock(&stats_lock);
+    if (rc != 0)
+        return rc;
     return arena_rss(&out->rss);
 }
