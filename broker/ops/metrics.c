@@ -63,6 +63,55 @@ static void per_backend_counter(struct out *o, struct broker *b, const char *nam
 
 #define ATOM(x) ((ull)atomic_load_explicit(&(x), memory_order_relaxed))
 
+/* The per-backend families with one series per backend, one getter each:
+ * every family's samples form one group, as the format requires. */
+struct be_metric {
+    const char *name, *type, *help;
+    uint64_t (*get)(struct backend *be);
+};
+
+static uint64_t pool_waiting(struct backend *be)
+{
+    struct pool_stats ps;
+    pool_stats_read(&be->pool, &ps);
+    return ps.waiting;
+}
+
+static uint64_t pool_overloaded(struct backend *be)
+{
+    struct pool_stats ps;
+    pool_stats_read(&be->pool, &ps);
+    return ps.overloaded;
+}
+
+#define BE_GETTER(fn, expr)                                                                        \
+    static uint64_t fn(struct backend *be)                                                         \
+    {                                                                                              \
+        return (uint64_t)(expr);                                                                   \
+    }
+BE_GETTER(pool_size, be->pool.size)
+BE_GETTER(connects, atomic_load_explicit(&be->stats.connects, memory_order_relaxed))
+BE_GETTER(connect_failures, atomic_load_explicit(&be->stats.connect_failures, memory_order_relaxed))
+BE_GETTER(health_up, atomic_load_explicit(&be->health.up, memory_order_relaxed))
+BE_GETTER(health_checks, atomic_load_explicit(&be->health.checks, memory_order_relaxed))
+BE_GETTER(health_failures, atomic_load_explicit(&be->health.failures, memory_order_relaxed))
+BE_GETTER(breaker_opened, atomic_load_explicit(&be->breaker.n_opened, memory_order_relaxed))
+
+static const struct be_metric be_metrics[] = {
+    {"brokerd_pool_size", "gauge", "Configured pool_size.", pool_size},
+    {"brokerd_queue_waiting", "gauge", "Requests waiting for a backend connection.", pool_waiting},
+    {"brokerd_queue_overloaded_total", "counter",
+     "Requests refused because max_queue requests were waiting.", pool_overloaded},
+    {"brokerd_backend_connects_total", "counter", "Backend connections opened.", connects},
+    {"brokerd_backend_connect_failures_total", "counter",
+     "Backend connections that failed to open.", connect_failures},
+    {"brokerd_backend_up", "gauge", "1 when the backend's health checks pass.", health_up},
+    {"brokerd_health_checks_total", "counter", "Health checks run.", health_checks},
+    {"brokerd_health_check_failures_total", "counter", "Health checks that failed.",
+     health_failures},
+    {"brokerd_breaker_opened_total", "counter", "Times the circuit opened.", breaker_opened},
+};
+
 /* brokerd_request_duration_seconds{backend,command}: the workers' buckets
  * summed, made cumulative; a command slot nobody used is left out. */
 static void latency_histograms(struct out *o, struct broker *b)
@@ -158,54 +207,22 @@ char *metrics_text(struct broker *b, size_t *len)
         struct backend *be = &b->backends[i];
         struct pool_stats ps;
         pool_stats_read(&be->pool, &ps);
-        uint32_t unheld = ps.idle + ring_mpmc_size(&be->pool.spare);
         sample_u(&o, "brokerd_pool_connections", "{backend=\"%s\",state=\"open\"} %llu",
                  be->cfg->name, ATOM(be->stats.open_conns));
         sample_u(&o, "brokerd_pool_connections", "{backend=\"%s\",state=\"idle\"} %llu",
                  be->cfg->name, (ull)ps.idle);
         sample_u(&o, "brokerd_pool_connections", "{backend=\"%s\",state=\"busy\"} %llu",
-                 be->cfg->name, (ull)(be->pool.size > unheld ? be->pool.size - unheld : 0));
+                 be->cfg->name, (ull)stats_pool_busy(be, &ps));
     }
-    family(&o, "brokerd_pool_size", "gauge", "Configured pool_size.");
-    for (uint32_t i = 0; i < b->nbackends; i++)
-        sample_u(&o, "brokerd_pool_size", "{backend=\"%s\"} %llu", b->backends[i].cfg->name,
-                 (ull)b->backends[i].pool.size);
-    family(&o, "brokerd_queue_waiting", "gauge", "Requests waiting for a backend connection.");
-    family(&o, "brokerd_queue_overloaded_total", "counter",
-           "Requests refused because max_queue requests were waiting.");
-    for (uint32_t i = 0; i < b->nbackends; i++) {
-        struct pool_stats ps;
-        pool_stats_read(&b->backends[i].pool, &ps);
-        sample_u(&o, "brokerd_queue_waiting", "{backend=\"%s\"} %llu", b->backends[i].cfg->name,
-                 (ull)ps.waiting);
-        sample_u(&o, "brokerd_queue_overloaded_total", "{backend=\"%s\"} %llu",
-                 b->backends[i].cfg->name, (ull)ps.overloaded);
+    for (size_t k = 0; k < sizeof be_metrics / sizeof be_metrics[0]; k++) {
+        const struct be_metric *m = &be_metrics[k];
+        family(&o, m->name, m->type, m->help);
+        for (uint32_t bi = 0; bi < b->nbackends; bi++)
+            sample_u(&o, m->name, "{backend=\"%s\"} %llu", b->backends[bi].cfg->name,
+                     (ull)m->get(&b->backends[bi]));
     }
-    family(&o, "brokerd_backend_connects_total", "counter", "Backend connections opened.");
-    for (uint32_t i = 0; i < b->nbackends; i++)
-        sample_u(&o, "brokerd_backend_connects_total", "{backend=\"%s\"} %llu",
-                 b->backends[i].cfg->name, ATOM(b->backends[i].stats.connects));
-    family(&o, "brokerd_backend_connect_failures_total", "counter",
-           "Backend connections that failed to open.");
-    for (uint32_t i = 0; i < b->nbackends; i++)
-        sample_u(&o, "brokerd_backend_connect_failures_total", "{backend=\"%s\"} %llu",
-                 b->backends[i].cfg->name, ATOM(b->backends[i].stats.connect_failures));
-
-    family(&o, "brokerd_backend_up", "gauge", "1 when the backend's health checks pass.");
-    for (uint32_t i = 0; i < b->nbackends; i++)
-        sample_u(&o, "brokerd_backend_up", "{backend=\"%s\"} %llu", b->backends[i].cfg->name,
-                 ATOM(b->backends[i].health.up));
-    family(&o, "brokerd_health_checks_total", "counter", "Health checks run.");
-    for (uint32_t i = 0; i < b->nbackends; i++)
-        sample_u(&o, "brokerd_health_checks_total", "{backend=\"%s\"} %llu",
-                 b->backends[i].cfg->name, ATOM(b->backends[i].health.checks));
-    family(&o, "brokerd_health_check_failures_total", "counter", "Health checks that failed.");
-    for (uint32_t i = 0; i < b->nbackends; i++)
-        sample_u(&o, "brokerd_health_check_failures_total", "{backend=\"%s\"} %llu",
-                 b->backends[i].cfg->name, ATOM(b->backends[i].health.failures));
     family(&o, "brokerd_breaker_state", "gauge",
            "Circuit breaker state: 1 for the state it is in, 0 for the others.");
-    family(&o, "brokerd_breaker_opened_total", "counter", "Times the circuit opened.");
     for (uint32_t i = 0; i < b->nbackends; i++) {
         struct breaker_stats bs;
         breaker_stats_read(&b->backends[i].breaker, now_ns(), &bs);
@@ -213,8 +230,6 @@ char *metrics_text(struct broker *b, size_t *len)
             sample_u(&o, "brokerd_breaker_state", "{backend=\"%s\",state=\"%s\"} %d",
                      b->backends[i].cfg->name, breaker_state_name((enum breaker_state)s),
                      (int)bs.state == s);
-        sample_u(&o, "brokerd_breaker_opened_total", "{backend=\"%s\"} %llu",
-                 b->backends[i].cfg->name, (ull)bs.opened);
     }
 
     if (b->cache) {

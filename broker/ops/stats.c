@@ -69,6 +69,13 @@ uint64_t stats_uptime_ms(const struct broker *b)
     return now - b->started_ms;
 }
 
+uint64_t stats_pool_busy(struct backend *be, const struct pool_stats *ps)
+{
+    /* Slots held: neither connected and idle nor unconnected and spare. */
+    uint32_t unheld = ps->idle + ring_mpmc_size(&be->pool.spare);
+    return be->pool.size > unheld ? be->pool.size - unheld : 0;
+}
+
 json_t *stats_json(struct broker *b)
 {
     json_t *o = json_object(), *errors = json_object(), *backends = json_object();
@@ -145,8 +152,7 @@ json_t *pool_json(struct broker *b)
         struct pool_stats ps;
         pool_stats_read(&be->pool, &ps);
         uint32_t open = LD(be->stats.open_conns);
-        uint32_t unheld = ps.idle + ring_mpmc_size(&be->pool.spare);
-        uint32_t busy = be->pool.size > unheld ? be->pool.size - unheld : 0;
+        uint64_t busy = stats_pool_busy(be, &ps);
         json_array_append_new(
             arr, json_pack("{s:s,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o}", "name",
                            be->cfg->name, "size", u64(be->pool.size), "open", u64(open), "idle",

@@ -19,6 +19,8 @@ struct stats_counts {
 void stats_counts_read(struct broker *b, uint32_t backend, struct stats_counts *out);
 uint64_t stats_errors_by_code(struct broker *b, enum proto_code code);
 uint64_t stats_uptime_ms(const struct broker *b);
+/* Slots held right now (ps read from be's pool just before). */
+uint64_t stats_pool_busy(struct backend *be, const struct pool_stats *ps);
 
 /* New references (NULL only when out of memory). */
 json_t *stats_json(struct broker *b);  /* requests, errors by code, clients, queues */

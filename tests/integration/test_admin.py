@@ -157,7 +157,7 @@ def parse_prometheus(text):
     deviation: HELP/TYPE once each and before the samples, known types,
     counters named *_total, float values, no duplicate series, final newline."""
     assert text.endswith("\n"), "exposition must end with a newline"
-    fams, seen = {}, set()
+    fams, seen, last = {}, set(), None
     for n, ln in enumerate(text.split("\n")[:-1], 1):
         if ln.startswith("# HELP "):
             name = ln.split(" ")[2]
@@ -187,6 +187,9 @@ def parse_prometheus(text):
                 if name.endswith("_bucket"):
                     assert 'le="' in labels, "line %d: bucket without le" % n
             assert (name, labels) not in seen, "line %d: duplicate series" % n
+            assert fam == last or not fams[fam]["samples"], \
+                "line %d: %s's samples are not one group" % (n, fam)
+            last = fam
             seen.add((name, labels))
             fams[fam]["samples"].append((name + labels, float(value)))
     for name, f in fams.items():
@@ -222,8 +225,11 @@ def check_histogram(name, samples):
 
 @case
 def metrics_parse_strictly(env):
-    env.mockd()
-    b = env.broker()
+    """Two backends, so that every per-backend family has several series
+    (each family's samples must be one group)."""
+    m = env.mockd()
+    b = env.broker(bt.broker_config(env, backends=[bt.backend(env),
+                                                   bt.backend(env, name="two", address=m.addr)]))
     with b.connect() as c:
         for i in range(5):
             assert_success(c.call(i, "echo", {}))
@@ -244,7 +250,8 @@ def metrics_parse_strictly(env):
     for bad in ("x 1", "# TYPE x counter\nx 1\n", "# TYPE x_total counter\nx_total one\n",
                 "# TYPE y gauge\ny{a=b} 1\n",
                 '# TYPE h histogram\nh_bucket{le="1"} 3\nh_bucket{le="+Inf"} 2\nh_count 2\n',
-                '# TYPE h histogram\nh_bucket{le="+Inf"} 2\nh_count 3\n'):
+                '# TYPE h histogram\nh_bucket{le="+Inf"} 2\nh_count 3\n',
+                '# TYPE a gauge\n# TYPE b gauge\na{x="1"} 1\nb 1\na{x="2"} 1\n'):
         try:
             parse_prometheus(bad if bad.endswith("\n") else bad)
         except (AssertionError, ValueError):
