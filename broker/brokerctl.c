@@ -44,7 +44,8 @@ static void usage(FILE *out)
         "  --listen PATH  the client socket, for `call` (default broker.sock)\n"
         "  --json         print the answer as JSON (for scripts)\n"
         "\n"
-        "Commands: stats, health, pool, cache, memory, config, metrics, drain, shutdown\n"
+        "Commands: stats, health, pool, cache, memory, config, metrics, reload, drain,\n"
+        "          shutdown\n"
         "          call TYPE [PARAMS_JSON]   send one request, e.g.\n"
         "                                    brokerctl call get_object_info '{\"name\":\"Cube\"}'\n"
         "Exit: 0 success, 1 the broker answered an error, 2 usage, 3 broker unreachable.\n");

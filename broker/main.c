@@ -46,7 +46,9 @@ static void usage(FILE *out)
             "  --version                 print the version\n"
             "\n"
             "Try it: printf '{\"id\":1,\"type\":\"get_scene_info\"}\\n' | socat - UNIX:broker.sock\n"
-            "Signals: SIGTERM/SIGINT drain in-flight requests (shutdown_grace_ms), then exit 0.\n"
+            "Signals: SIGTERM/SIGINT drain in-flight requests (shutdown_grace_ms), then exit 0;\n"
+            "SIGHUP reloads the configuration (the file and these flags, read again; a bad\n"
+            "one is refused and the running one kept); SIGUSR1 stops accepting clients.\n"
             "\n"
             "Configuration keys:\n");
     config_print_help(out);
@@ -122,6 +124,34 @@ static int apply_flags(struct broker_config *cfg, const struct flags *f, char *e
     return rc;
 }
 
+/* Where the configuration comes from, for reloads (SIGHUP, admin reload):
+ * the same file and the same flags, read again. */
+struct source {
+    const char *config_path;
+    const struct flags *fl;
+};
+
+static int load_config(void *arg, struct broker_config *out, char *err, size_t errlen)
+{
+    const struct source *src = arg;
+    struct broker_config cfg;
+    if (config_init_defaults(&cfg) < 0) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    int rc = 0;
+    if (src->config_path && (rc = config_load_file(&cfg, src->config_path, err, errlen)) < 0) {
+        config_destroy(&cfg);
+        return rc;
+    }
+    if (flags_any(src->fl) && (rc = apply_flags(&cfg, src->fl, err, errlen)) < 0) {
+        config_destroy(&cfg);
+        return rc;
+    }
+    *out = cfg;
+    return 0;
+}
+
 static void warn_pending(void *arg, const char *key)
 {
     (void)arg;
@@ -169,18 +199,14 @@ int main(int argc, char **argv)
 
     struct broker_config cfg;
     char err[512] = "";
-    if (config_init_defaults(&cfg) < 0) {
+    struct source src = {config_path, &fl};
+    int lrc = load_config(&src, &cfg, err, sizeof err);
+    if (lrc == -ENOMEM) {
         fprintf(stderr, "brokerd: out of memory\n");
         return 1;
     }
-    if (config_path && config_load_file(&cfg, config_path, err, sizeof err) < 0) {
+    if (lrc < 0) {
         fprintf(stderr, "brokerd: configuration refused: %s\n", err);
-        config_destroy(&cfg);
-        return 2;
-    }
-    if (flags_any(&fl) && apply_flags(&cfg, &fl, err, sizeof err) < 0) {
-        fprintf(stderr, "brokerd: configuration refused: %s\n", err);
-        config_destroy(&cfg);
         return 2;
     }
     if (check_only) {
@@ -200,6 +226,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "brokerd: cannot start: %s\n", err);
         return rc == -EINVAL ? 2 : 1;
     }
+    broker_set_loader(b, load_config, &src);
     rc = broker_run(b);
     broker_free(b);
     if (rc < 0) {

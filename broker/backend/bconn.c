@@ -47,7 +47,7 @@ static struct bconn *bop_decode(uint64_t ud, enum bop *k)
     return (struct bconn *)(void *)((char *)(p - *p) - offsetof(struct bconn, op_kind));
 }
 
-static void bconn_close_fd(struct bconn *bc)
+void bconn_close_fd(struct bconn *bc)
 {
     if (bc->slot->fd >= 0) {
         close(bc->slot->fd);
@@ -55,6 +55,16 @@ static void bconn_close_fd(struct bconn *bc)
         atomic_fetch_sub_explicit(&bc->be->stats.open_conns, 1, memory_order_relaxed);
         atomic_fetch_add_explicit(&bc->be->stats.closed, 1, memory_order_relaxed);
     }
+}
+
+/* A reload moved the backend (address, framing), removed it or shrank its
+ * pool below this slot: the connection is closed instead of kept. */
+bool bconn_outdated(const struct bconn *bc)
+{
+    const struct backend *be = bc->be;
+    return bc->slot->fd >= 0 &&
+           (bc->conn_serial != be_view(be)->conn_serial || bc->slot->index >= pool_size(&be->pool) ||
+            atomic_load_explicit(&be->removed, memory_order_relaxed));
 }
 
 /* The single release point: once no request uses the connection and no
@@ -66,7 +76,7 @@ void bconn_settle(struct worker *w, struct bconn *bc)
         return;
     bc->attached = false;
     w->nattached--;
-    if (bc->doomed)
+    if (bc->doomed || bconn_outdated(bc))
         bconn_close_fd(bc);
     bc->doomed = false;
     bc->in.len = 0;
@@ -120,7 +130,7 @@ static void bconn_arm_recv(struct worker *w, struct bconn *bc)
      * chunk (BUG-009). It lives in the worker's deadline heap rather than in
      * a linked timeout: no extra SQE, CQE and kernel timer per request. */
     struct req *r = bc->req;
-    r->idle_ns = now_ns() + (uint64_t)bc->be->cfg->idle_timeout_ms * 1000000u;
+    r->idle_ns = now_ns() + (uint64_t)becfg(bc->be)->idle_timeout_ms * 1000000u;
     deadline_rekey(w, r);
 }
 
@@ -149,24 +159,26 @@ static void backend_count_open(struct backend *be)
 static void bconn_connect(struct worker *w, struct bconn *bc)
 {
     struct backend *be = bc->be;
-    int fd = socket(be->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    const struct backend_view *v = be_view(be);
+    int fd = socket(v->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         req_fail(w, bc->req, PROTO_UNAVAILABLE, "cannot create a socket for backend %s: %s",
-                 be->cfg->name, strerror(errno));
+                 becfg(be)->name, strerror(errno));
         return;
     }
-    if (be->addr.ss_family != AF_UNIX) {
+    if (v->addr.ss_family != AF_UNIX) {
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     }
     bc->slot->fd = fd;
+    bc->conn_serial = v->conn_serial;
     bc->slot->requests = 0;
     backend_count_open(be);
     struct io_uring_sqe *sqe = worker_sqe(w);
-    io_uring_prep_connect(sqe, fd, (const struct sockaddr *)&be->addr, be->addrlen);
+    io_uring_prep_connect(sqe, fd, (const struct sockaddr *)&v->addr, v->addrlen);
     io_uring_sqe_set_data64(sqe, bop_ud(bc, BOP_CONNECT));
     sqe->flags |= IOSQE_IO_LINK;
-    ns_to_ts((uint64_t)be->cfg->connect_timeout_ms * 1000000u, &bc->ts_link);
+    ns_to_ts((uint64_t)v->cfg->connect_timeout_ms * 1000000u, &bc->ts_link);
     sqe = worker_sqe(w);
     io_uring_prep_link_timeout(sqe, &bc->ts_link, 0);
     io_uring_sqe_set_data64(sqe, UD_IGNORE);
@@ -188,6 +200,8 @@ void bconn_start(struct worker *w, struct req *r, struct pool_slot *slot)
     bc->got_reply = false;
     bc->in.len = 0;
     frame_reset(&bc->scan);
+    if (slot->fd >= 0 && bc->conn_serial != be_view(bc->be)->conn_serial)
+        bconn_close_fd(bc); /* opened before a reload moved the backend */
     if (slot->fd >= 0 && bconn_idle_dead(bc)) {
         atomic_fetch_add_explicit(&bc->be->stats.stale_closed, 1, memory_order_relaxed);
         bconn_close_fd(bc);
@@ -212,14 +226,14 @@ static void on_reply_complete(struct worker *w, struct bconn *bc, size_t total)
     }
     bc->doomed = true;
     req_backend_fail(w, r, BE_WHY_BAD_REPLY, 0, PROTO_BAD_BACKEND_RESPONSE,
-                     "backend %s sent an unusable reply: %s", r->be->cfg->name,
+                     "backend %s sent an unusable reply: %s", becfg(r->be)->name,
                      rep.reason ? rep.reason : "unknown");
 }
 
 static void on_backend_recv(struct worker *w, struct bconn *bc, int res)
 {
     struct req *r = bc->req;
-    const struct backend_config *cfg = bc->be->cfg;
+    const struct backend_config *cfg = becfg(bc->be);
     if (!r) {
         /* The request was answered already (deadline, shutdown): anything
          * arriving now would be taken for the next request's answer. */
@@ -274,7 +288,7 @@ static void on_backend_send(struct worker *w, struct bconn *bc, int res)
     if (res <= 0) {
         bconn_doom(bc);
         req_backend_fail(w, r, BE_WHY_IO, 0, PROTO_UNAVAILABLE, "writing to backend %s failed: %s",
-                         bc->be->cfg->name, res == 0 ? "connection closed" : strerror(-res));
+                         becfg(bc->be)->name, res == 0 ? "connection closed" : strerror(-res));
         return;
     }
     r->sent += (size_t)res;
@@ -294,13 +308,13 @@ static void on_backend_connect(struct worker *w, struct bconn *bc, int res)
         atomic_fetch_add_explicit(&bc->be->stats.connect_failures, 1, memory_order_relaxed);
         if (res == -ECANCELED)
             req_backend_fail(w, r, BE_WHY_CONNECT_TIMEOUT, 0, PROTO_UNAVAILABLE,
-                             "could not connect to backend %s within %lld ms", bc->be->cfg->name,
-                             (long long)bc->be->cfg->connect_timeout_ms);
+                             "could not connect to backend %s within %lld ms", becfg(bc->be)->name,
+                             (long long)becfg(bc->be)->connect_timeout_ms);
         else
             req_backend_fail(w, r,
                              res == -ECONNREFUSED || res == -ENOENT ? BE_WHY_REFUSED : BE_WHY_IO, 0,
                              PROTO_UNAVAILABLE, "could not connect to backend %s: %s",
-                             bc->be->cfg->name, strerror(-res));
+                             becfg(bc->be)->name, strerror(-res));
         return;
     }
     bc->slot->requests++;

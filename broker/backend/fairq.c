@@ -68,7 +68,7 @@ static bool has_turn(const struct client *c, const struct backend *be)
 
 static void overloaded(struct worker *w, struct req *r)
 {
-    const struct backend_config *bcfg = r->be->cfg;
+    const struct backend_config *bcfg = becfg(r->be);
     req_fail(w, r, PROTO_OVERLOADED,
              "backend %s: all %u connections busy and %u requests queued (max_queue)", bcfg->name,
              bcfg->pool_size, bcfg->max_queue);
@@ -100,7 +100,7 @@ static enum pool_result acquire(struct worker *w, struct req *r, bool fair)
 
 void req_to_pool(struct worker *w, struct req *r)
 {
-    bool fair = r->be->cfg->queue_order == CONFIG_QUEUE_FAIR;
+    bool fair = becfg(r->be)->queue_order == CONFIG_QUEUE_FAIR;
     if (fair && has_turn(r->c, r->be)) {
         if (!pool_park(&r->be->pool)) {
             overloaded(w, r);

@@ -64,12 +64,21 @@ int health_init(struct backend *be)
     proto_buf_init(&h->req);
     proto_buf_init(&h->in);
     proto_reply_scanner_init(&h->scan, FRAME_MAX_DEPTH, FRAME_F_TOP_CONTAINER);
-    const struct config_health *hc = &be->cfg->health;
+    return 0;
+}
+
+/* The check's request and deadline from the configuration in effect, so a
+ * reload's health settings apply from the next check. */
+static int check_prepare(struct backend *be)
+{
+    struct health *h = &be->health;
+    const struct backend_config *c = becfg(be);
+    const struct config_health *hc = &c->health;
     struct proto_span type = {hc->command, strlen(hc->command)}, params = {"{}", 2};
+    h->req.len = 0;
     int rc = proto_write_backend_request(&h->req, &type, &params, true);
-    if (rc == 0 && be->cfg->framing == CONFIG_FRAMING_NDJSON)
+    if (rc == 0 && c->framing == CONFIG_FRAMING_NDJSON)
         rc = proto_buf_append_try(&h->req, "\n", 1);
-    ns_to_ts((uint64_t)hc->interval_ms * 1000000u, &h->ts_interval);
     ns_to_ts((uint64_t)hc->timeout_ms * 1000000u, &h->ts_deadline);
     return rc;
 }
@@ -86,7 +95,7 @@ void health_destroy(struct backend *be)
 
 size_t backend_why_text(const struct backend *be, uint32_t reason, char *buf, size_t cap)
 {
-    const struct backend_config *c = be->cfg;
+    const struct backend_config *c = becfg(be);
     unsigned ms = reason >> 8;
     int n;
     switch ((enum backend_why)(reason & 0xffu)) {
@@ -126,6 +135,9 @@ size_t backend_why_text(const struct backend *be, uint32_t reason, char *buf, si
 
 static void arm_interval(struct worker *w, struct health *h)
 {
+    const struct backend *be =
+        (const struct backend *)(const void *)((const char *)h - offsetof(struct backend, health));
+    ns_to_ts((uint64_t)becfg(be)->health.interval_ms * 1000000u, &h->ts_interval);
     struct io_uring_sqe *sqe = worker_sqe(w);
     io_uring_prep_timeout(sqe, &h->ts_interval, 0, 0);
     io_uring_sqe_set_data64(sqe, hop_ud(h, HOP_TIMER));
@@ -156,13 +168,13 @@ static void apply_result(struct worker *w, struct backend *be)
 {
     static struct log_ratelimit rl = LOG_RATELIMIT_INIT("health_failed", 1, 5);
     struct health *h = &be->health;
-    const struct config_health *hc = &be->cfg->health;
+    const struct config_health *hc = &becfg(be)->health;
     uint64_t now = now_ns();
     if (h->local_errno) {
         /* Our own shortage says nothing about the backend: not counted. */
         static struct log_ratelimit rl_local = LOG_RATELIMIT_INIT("health_skipped", 1, 5);
         LOG_RATELIMITED_BY(&rl_local, LOG_LEVEL_WARN, "health check skipped",
-                           LOG_CSTR("backend", be->cfg->name), LOG_ERRNO(h->local_errno));
+                           LOG_CSTR("backend", becfg(be)->name), LOG_ERRNO(h->local_errno));
         return;
     }
     atomic_fetch_add_explicit(&h->checks, 1, memory_order_relaxed);
@@ -178,7 +190,7 @@ static void apply_result(struct worker *w, struct backend *be)
         if (!up && h->ok_run >= hc->rise) {
             atomic_store_explicit(&h->up, 1, memory_order_relaxed);
             breaker_reset(&be->breaker);
-            log_write(LOG_LEVEL_INFO, "backend is up again", LOG_CSTR("backend", be->cfg->name),
+            log_write(LOG_LEVEL_INFO, "backend is up again", LOG_CSTR("backend", becfg(be)->name),
                       LOG_UINT("checks_passed", h->ok_run));
         }
         return;
@@ -189,12 +201,12 @@ static void apply_result(struct worker *w, struct backend *be)
     size_t n = backend_why_text(be, reason, why, sizeof why);
     if (up && h->fail_run >= hc->fall) {
         atomic_store_explicit(&h->up, 0, memory_order_relaxed);
-        breaker_trip(&be->breaker, &be->bkcfg, now, reason);
-        log_write(LOG_LEVEL_WARN, "backend is down", LOG_CSTR("backend", be->cfg->name),
+        breaker_trip(&be->breaker, &be_view(be)->bk, now, reason);
+        log_write(LOG_LEVEL_WARN, "backend is down", LOG_CSTR("backend", becfg(be)->name),
                   LOG_STR("why", why, n), LOG_UINT("checks_failed", h->fail_run));
     } else {
         LOG_RATELIMITED_BY(&rl, LOG_LEVEL_INFO, "health check failed",
-                           LOG_CSTR("backend", be->cfg->name), LOG_STR("why", why, n),
+                           LOG_CSTR("backend", becfg(be)->name), LOG_STR("why", why, n),
                            LOG_UINT("in_a_row", h->fail_run));
     }
     (void)w;
@@ -231,22 +243,29 @@ static void check_begin(struct worker *w, struct backend *be)
     h->in.len = 0;
     h->started_ns = now_ns();
     frame_reset(&h->scan);
+    int prc = check_prepare(be);
     struct io_uring_sqe *sqe = worker_sqe(w);
     io_uring_prep_timeout(sqe, &h->ts_deadline, 0, 0);
     io_uring_sqe_set_data64(sqe, hop_ud(h, HOP_DEADLINE));
     h->deadline_armed = true;
-    h->fd = socket(be->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (prc < 0) {
+        h->local_errno = -prc; /* ENOMEM: ours, not the backend's */
+        check_end(w, h, BE_WHY_IO);
+        return;
+    }
+    const struct backend_view *v = be_view(be);
+    h->fd = socket(v->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (h->fd < 0) {
         h->local_errno = errno; /* ours (EMFILE...), not the backend's */
         check_end(w, h, BE_WHY_IO);
         return;
     }
-    if (be->addr.ss_family != AF_UNIX) {
+    if (v->addr.ss_family != AF_UNIX) {
         int one = 1;
         setsockopt(h->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     }
     sqe = worker_sqe(w);
-    io_uring_prep_connect(sqe, h->fd, (const struct sockaddr *)&be->addr, be->addrlen);
+    io_uring_prep_connect(sqe, h->fd, (const struct sockaddr *)&v->addr, v->addrlen);
     io_uring_sqe_set_data64(sqe, hop_ud(h, HOP_CONNECT));
     h->io_ops++;
 }
@@ -345,31 +364,47 @@ void health_on_cqe(struct worker *w, uint64_t ud, int res)
     health_settle(w, be);
 }
 
+void health_start_one(struct worker *w, struct backend *be)
+{
+    struct health *h = &be->health;
+    if (!owns(w, be) || w->draining)
+        return;
+    h->stopping = false;
+    if (!h->timer_armed && !h->checking)
+        arm_interval(w, h);
+}
+
+void health_stop_one(struct worker *w, struct backend *be)
+{
+    struct health *h = &be->health;
+    if (!owns(w, be) || h->stopping)
+        return;
+    h->stopping = true;
+    if (h->timer_armed)
+        remove_timer(w, h, HOP_TIMER);
+    if (h->checking)
+        check_end(w, h, BE_WHY_NONE);
+}
+
 void health_start(struct worker *w)
 {
-    for (uint32_t i = 0; i < w->b->nbackends; i++)
-        if (owns(w, &w->b->backends[i]))
-            arm_interval(w, &w->b->backends[i].health);
+    uint32_t n = broker_nbackends(w->b);
+    for (uint32_t i = 0; i < n; i++)
+        if (!atomic_load_explicit(&w->b->backends[i].removed, memory_order_relaxed))
+            health_start_one(w, &w->b->backends[i]);
 }
 
 void health_stop(struct worker *w)
 {
-    for (uint32_t i = 0; i < w->b->nbackends; i++) {
-        struct backend *be = &w->b->backends[i];
-        struct health *h = &be->health;
-        if (!owns(w, be) || h->stopping)
-            continue;
-        h->stopping = true;
-        if (h->timer_armed)
-            remove_timer(w, h, HOP_TIMER);
-        if (h->checking)
-            check_end(w, h, BE_WHY_NONE);
-    }
+    uint32_t n = broker_nbackends(w->b);
+    for (uint32_t i = 0; i < n; i++)
+        health_stop_one(w, &w->b->backends[i]);
 }
 
 bool health_idle(struct worker *w)
 {
-    for (uint32_t i = 0; i < w->b->nbackends; i++) {
+    uint32_t n = broker_nbackends(w->b);
+    for (uint32_t i = 0; i < n; i++) {
         struct health *h = &w->b->backends[i].health;
         if (owns(w, &w->b->backends[i]) && (h->timer_armed || h->checking))
             return false;

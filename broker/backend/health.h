@@ -76,6 +76,9 @@ void health_destroy(struct backend *be);
 /* Worker side: arm the first interval of every backend this worker owns;
  * stop them all (shutdown); whether none has anything in flight. */
 void health_start(struct worker *w);
+/* One backend (reload: added, re-added or removed); only on its owner. */
+void health_start_one(struct worker *w, struct backend *be);
+void health_stop_one(struct worker *w, struct backend *be);
 void health_stop(struct worker *w);
 bool health_idle(struct worker *w);
 /* A completion of a health operation (UD_BACKEND, op kind >= HEALTH_OP_BASE). */

@@ -16,32 +16,42 @@
 
 #include "pool.h"
 
-int pool_init(struct pool *p, uint32_t size, uint32_t max_queue, pool_handoff_fn handoff,
-              void *handoff_arg)
+int pool_init(struct pool *p, uint32_t cap, uint32_t size, uint32_t max_queue,
+              pool_handoff_fn handoff, void *handoff_arg)
 {
-    if (size == 0 || !handoff)
+    return pool_init_room(p, cap, size, max_queue, max_queue, handoff, handoff_arg);
+}
+
+int pool_init_room(struct pool *p, uint32_t cap, uint32_t size, uint32_t max_queue,
+                   uint32_t queue_room, pool_handoff_fn handoff, void *handoff_arg)
+{
+    if (size == 0 || cap < size || !handoff || queue_room < max_queue || queue_room > (1u << 30))
         return -EINVAL;
-    *p = (struct pool){.size = size, .max_queue = max_queue, .handoff = handoff,
-                       .handoff_arg = handoff_arg};
+    *p = (struct pool){.cap = cap, .handoff = handoff, .handoff_arg = handoff_arg,
+                       .queue_room = queue_room};
+    atomic_init(&p->size, size);
+    atomic_init(&p->max_queue, max_queue);
     int rc = -ENOMEM;
-    p->slots = calloc(size, sizeof *p->slots);
+    p->slots = calloc(cap, sizeof *p->slots);
     if (!p->slots)
         goto err;
-    if ((rc = ring_mpmc_init(&p->idle, size)) < 0)
+    if ((rc = ring_mpmc_init(&p->idle, cap)) < 0)
         goto err;
-    if ((rc = ring_mpmc_init(&p->spare, size)) < 0)
+    if ((rc = ring_mpmc_init(&p->spare, cap)) < 0)
         goto err_idle;
-    /* max_queue 0: nobody ever waits (the ring still needs one cell). Else
+    /* queue_room 0: nobody ever waits (the ring still needs one cell). Else
      * room for as many stale tokens as live ones, at least 64 (pool.h). */
-    uint64_t cap = max_queue ? (uint64_t)max_queue + (max_queue > 64 ? max_queue : 64) : 1;
-    if ((rc = ring_mpmc_init(&p->waiters, (uint32_t)cap)) < 0)
+    uint64_t ring = queue_room ? (uint64_t)queue_room + (queue_room > 64 ? queue_room : 64) : 1;
+    if ((rc = ring_mpmc_init(&p->waiters, (uint32_t)ring)) < 0)
         goto err_spare;
-    p->ring_cap = (uint32_t)cap;
-    for (uint32_t i = 0; i < size; i++) {
+    p->ring_cap = (uint32_t)ring;
+    for (uint32_t i = 0; i < cap; i++) {
         p->slots[i].index = i;
         p->slots[i].fd = -1;
         atomic_init(&p->slots[i].held, 0);
-        ring_mpmc_try_push(&p->spare, &p->slots[i]); /* cannot fail: capacity >= size */
+        atomic_init(&p->slots[i].off, i >= size);
+        if (i < size)
+            ring_mpmc_try_push(&p->spare, &p->slots[i]); /* cannot fail: capacity >= cap */
     }
     return 0;
 err_spare:
@@ -54,11 +64,24 @@ err:
     return rc;
 }
 
+uint32_t pool_queue_room(const struct pool *p)
+{
+    return p->queue_room;
+}
+
+int pool_set_max_queue(struct pool *p, uint32_t max_queue)
+{
+    if (max_queue > pool_queue_room(p))
+        return -ERANGE;
+    atomic_store_explicit(&p->max_queue, max_queue, memory_order_relaxed);
+    return 0;
+}
+
 void pool_destroy(struct pool *p)
 {
     if (!p || !p->slots)
         return;
-    for (uint32_t i = 0; i < p->size; i++)
+    for (uint32_t i = 0; i < p->cap; i++)
         if (p->slots[i].fd >= 0) {
             close(p->slots[i].fd);
             p->slots[i].fd = -1;
@@ -79,13 +102,42 @@ static void mark_held(struct pool *p, struct pool_slot *s)
         atomic_fetch_add_explicit(&p->n_double, 1, memory_order_relaxed);
 }
 
+/* A free slot at or above the size: set it off, unless a concurrent
+ * grow wants it back (pool.h, Resizing). True when it is still to be used. */
+static bool retire_or_keep(struct pool *p, struct pool_slot *s)
+{
+    if (s->index < atomic_load_explicit(&p->size, memory_order_seq_cst))
+        return true;
+    atomic_store_explicit(&s->off, 1, memory_order_seq_cst);
+    uint32_t one = 1;
+    return s->index < atomic_load_explicit(&p->size, memory_order_seq_cst) &&
+           atomic_compare_exchange_strong_explicit(&s->off, &one, 0, memory_order_seq_cst,
+                                                   memory_order_seq_cst);
+}
+
+/* An unconnected slot from spare that a shrink made surplus is retired
+ * here; a connected idle one is still handed out (its holder closes it at
+ * release: only the holder may close a connection). */
+static bool pop_spare(struct pool *p, struct pool_slot **out)
+{
+    void *v;
+    while (ring_mpmc_try_pop(&p->spare, &v)) {
+        if (retire_or_keep(p, v)) {
+            *out = v;
+            return true;
+        }
+    }
+    return false;
+}
+
 static struct pool_slot *take_free(struct pool *p)
 {
     void *v;
+    struct pool_slot *s;
     if (ring_mpmc_try_pop(&p->idle, &v))
         return v;
-    if (ring_mpmc_try_pop(&p->spare, &v))
-        return v;
+    if (pop_spare(p, &s))
+        return s;
     return NULL;
 }
 
@@ -136,8 +188,7 @@ enum pool_result pool_acquire(struct pool *p, uint64_t token, struct pool_slot *
     if (ring_mpmc_try_pop(&p->idle, &v)) {
         s = v;
         atomic_fetch_add_explicit(&p->n_idle, 1, memory_order_relaxed);
-    } else if (ring_mpmc_try_pop(&p->spare, &v)) {
-        s = v;
+    } else if (pop_spare(p, &s)) {
         atomic_fetch_add_explicit(&p->n_spare, 1, memory_order_relaxed);
     }
     if (s) {
@@ -152,8 +203,9 @@ enum pool_result pool_acquire(struct pool *p, uint64_t token, struct pool_slot *
     uint32_t occ = atomic_fetch_add_explicit(&p->waiting, 1, memory_order_relaxed);
     uint32_t stale = atomic_load_explicit(&p->stale, memory_order_relaxed);
     uint32_t parked = atomic_load_explicit(&p->parked, memory_order_relaxed);
-    if (p->max_queue == 0 || occ >= p->ring_cap ||
-        (occ >= stale && occ - stale + (uint64_t)parked >= p->max_queue)) {
+    uint32_t max_queue = atomic_load_explicit(&p->max_queue, memory_order_relaxed);
+    if (max_queue == 0 || occ >= p->ring_cap ||
+        (occ >= stale && occ - stale + (uint64_t)parked >= max_queue)) {
         atomic_fetch_sub_explicit(&p->waiting, 1, memory_order_relaxed);
         atomic_fetch_add_explicit(&p->n_overloaded, 1, memory_order_relaxed);
         return POOL_OVERLOADED;
@@ -188,7 +240,7 @@ bool pool_park(struct pool *p)
     uint32_t occ = atomic_load_explicit(&p->waiting, memory_order_relaxed);
     uint32_t stale = atomic_load_explicit(&p->stale, memory_order_relaxed);
     uint64_t live = (occ > stale ? occ - stale : 0) + (uint64_t)parked;
-    if (live >= p->max_queue) {
+    if (live >= atomic_load_explicit(&p->max_queue, memory_order_relaxed)) {
         atomic_fetch_sub_explicit(&p->parked, 1, memory_order_relaxed);
         atomic_fetch_add_explicit(&p->n_overloaded, 1, memory_order_relaxed);
         return false;
@@ -206,7 +258,30 @@ void pool_release(struct pool *p, struct pool_slot *s)
     /* Release: the holder's use of the slot (fd, ctx) happens-before the
      * next holder's acquire exchange in mark_held. */
     atomic_store_explicit(&s->held, 0, memory_order_release);
-    dispatch_free(p, s);
+    if (retire_or_keep(p, s))
+        dispatch_free(p, s);
+}
+
+int pool_resize(struct pool *p, uint32_t size)
+{
+    if (size == 0 || size > p->cap)
+        return -EINVAL;
+    uint32_t old = atomic_exchange_explicit(&p->size, size, memory_order_seq_cst);
+    /* Growing: revive the slots a shrink retired (those still held or in a
+     * ring are not off, and stay in use by the new size). */
+    for (uint32_t i = old; i < size; i++)
+        if (atomic_exchange_explicit(&p->slots[i].off, 0, memory_order_seq_cst) == 1)
+            dispatch_free(p, &p->slots[i]);
+    return 0;
+}
+
+struct pool_slot *pool_take_idle(struct pool *p)
+{
+    void *v;
+    if (!ring_mpmc_try_pop(&p->idle, &v))
+        return NULL;
+    mark_held(p, v);
+    return v;
 }
 
 void pool_stats_read(struct pool *p, struct pool_stats *out)

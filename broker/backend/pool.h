@@ -39,9 +39,22 @@
  * acquisition: it is a tripwire, not a lock. A non-zero previous value is
  * counted in stats.double_holds, which tests assert stays 0.
  *
+ * Resizing (a configuration reload): slots are allocated once for `cap`,
+ * and `size` of them are in use. Growing revives the slots in [old, new);
+ * shrinking lets the slots at or above the new size retire as they come
+ * free: a released one, or an unconnected one popped from spare, is set
+ * `off` instead of being put back (a connected idle one is handed out once
+ * more and closed by its holder at release; pool_take_idle lets the owner
+ * sweep them). Retire and revive meet Dekker-style: the retirer sets `off`
+ * then reads `size`, the resizer stores `size` then exchanges `off`, and
+ * whichever side takes the flag (one atomic exchange or CAS) puts the slot
+ * back to work - never both, never neither.
+ *
  * Thread safety: pool_acquire, pool_release and pool_stats_read may be
- * called from any thread concurrently; init/destroy only when nothing else
- * runs. The slot's fd and ctx belong to whoever holds the slot.
+ * called from any thread concurrently; pool_resize and pool_set_max_queue
+ * from a worker (a revived slot may be handed to a waiter); init/destroy
+ * only when nothing else runs. The slot's fd and ctx belong to whoever
+ * holds the slot.
  */
 #ifndef BROKER_POOL_H
 #define BROKER_POOL_H
@@ -56,6 +69,7 @@ struct pool_slot {
     uint32_t index;
     int fd;                  /* -1: not connected; owned by the holder */
     _Atomic uint32_t held;   /* tripwire, see above */
+    _Atomic uint32_t off;    /* retired by a shrink: in no ring, held by nobody */
     uint64_t requests;       /* requests served on the current connection */
     void *ctx;               /* the broker's per-connection state */
 };
@@ -78,14 +92,16 @@ struct pool_stats {
 
 struct pool {
     struct pool_slot *slots;
-    uint32_t size;
-    uint32_t max_queue;
+    uint32_t cap;                /* slots allocated */
+    _Atomic uint32_t size;       /* slots in use: pool_size() */
+    _Atomic uint32_t max_queue;
     struct ring_mpmc idle;
     struct ring_mpmc spare;
     struct ring_mpmc waiters;
     pool_handoff_fn handoff;
     void *handoff_arg;
-    uint32_t ring_cap;       /* waiter ring capacity: max_queue + stale room */
+    uint32_t ring_cap;       /* waiter ring capacity: queue_room + stale room */
+    uint32_t queue_room;     /* largest max_queue the ring was built for */
     alignas(RING_CACHELINE) _Atomic uint32_t waiting; /* tokens in the ring */
     _Atomic uint32_t stale;  /* of which their owners stopped waiting */
     _Atomic uint32_t parked; /* waiters without a token of their own (pool_park) */
@@ -95,10 +111,33 @@ struct pool {
 enum pool_result { POOL_GOT = 0, POOL_QUEUED = 1, POOL_OVERLOADED = 2 };
 
 /* size >= 1 slots (all unconnected), at most max_queue waiters (0: when all
- * slots are held, acquire answers POOL_OVERLOADED at once).
+ * slots are held, acquire answers POOL_OVERLOADED at once). The slots
+ * array has room for cap >= size (pool_resize).
  * Returns 0, -EINVAL or -ENOMEM. */
-int pool_init(struct pool *p, uint32_t size, uint32_t max_queue, pool_handoff_fn handoff,
-              void *handoff_arg);
+int pool_init(struct pool *p, uint32_t cap, uint32_t size, uint32_t max_queue,
+              pool_handoff_fn handoff, void *handoff_arg);
+/* The same with a waiter ring built for max_queue up to queue_room
+ * (>= max_queue, <= 2^30), so pool_set_max_queue can raise it that far. */
+int pool_init_room(struct pool *p, uint32_t cap, uint32_t size, uint32_t max_queue,
+                   uint32_t queue_room, pool_handoff_fn handoff, void *handoff_arg);
+
+static inline uint32_t pool_size(const struct pool *p)
+{
+    return atomic_load_explicit((_Atomic uint32_t *)&p->size, memory_order_relaxed);
+}
+
+/* The largest max_queue the waiter ring was built for. */
+uint32_t pool_queue_room(const struct pool *p);
+/* New bound on live waiters (at most pool_queue_room); -ERANGE otherwise. */
+int pool_set_max_queue(struct pool *p, uint32_t max_queue);
+
+/* Use `size` slots (1..cap): growing may hand revived slots to waiters
+ * through the handoff callback, so call it on a worker. -EINVAL out of range. */
+int pool_resize(struct pool *p, uint32_t size);
+
+/* Take one connected idle slot (held; NULL if none), to close it and give it
+ * back with pool_release: sweeping connections a reload made surplus. */
+struct pool_slot *pool_take_idle(struct pool *p);
 
 /* Closes every connected slot's fd and frees the rings. The caller must hold
  * or have released every slot and must free each slot's ctx first. */

@@ -37,16 +37,25 @@
 
 #define LISTEN_BACKLOG 4096
 
-static int resolve_backend(struct backend *be, char *err, size_t errlen)
+/* Pool slots allocated per backend: the largest pool_size, so a reload can
+ * grow a pool without moving a slot another thread may hold. Untouched
+ * capacity costs address space, not memory (calloc'd pages). */
+#define POOL_CAP 1024u
+/* Waiters a backend's queue is built for at least (max_queue may be raised
+ * by a reload up to this, or up to its value at start when larger). */
+#define QUEUE_ROOM 4096u
+
+static int resolve_address(struct backend_view *v, const struct backend_config *cfg, uint32_t i,
+                           char *err, size_t errlen)
 {
-    const struct config_address *a = &be->cfg->address;
-    memset(&be->addr, 0, sizeof be->addr);
+    const struct config_address *a = &cfg->address;
+    memset(&v->addr, 0, sizeof v->addr);
     if (a->kind == CONFIG_ADDR_UNIX) {
-        struct sockaddr_un *un = (struct sockaddr_un *)&be->addr;
+        struct sockaddr_un *un = (struct sockaddr_un *)&v->addr;
         un->sun_family = AF_UNIX;
         size_t n = strlen(a->path);
         memcpy(un->sun_path, a->path, n + 1); /* config checked n <= 107 */
-        be->addrlen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + 1);
+        v->addrlen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + 1);
         return 0;
     }
     struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_family = a->family};
@@ -55,41 +64,62 @@ static int resolve_backend(struct backend *be, char *err, size_t errlen)
     snprintf(port, sizeof port, "%u", a->port);
     int rc = getaddrinfo(a->host, port, &hints, &res);
     if (rc != 0 || !res) {
-        snprintf(err, errlen, "backends[%u] (%s): cannot resolve \"%s\": %s", be->index,
-                 be->cfg->name, a->host, gai_strerror(rc));
+        snprintf(err, errlen, "backends[%u] (%s): cannot resolve \"%s\": %s", i, cfg->name,
+                 a->host, gai_strerror(rc));
         return -EINVAL;
     }
-    memcpy(&be->addr, res->ai_addr, res->ai_addrlen);
-    be->addrlen = res->ai_addrlen;
+    memcpy(&v->addr, res->ai_addr, res->ai_addrlen);
+    v->addrlen = res->ai_addrlen;
     freeaddrinfo(res);
     return 0;
 }
 
-static int backend_init(struct broker *b, uint32_t i, char *err, size_t errlen)
+/* A backend's view of a configuration: its entry, breaker settings in ns,
+ * resolved address. i is its position in the file (for errors). */
+int backend_view_fill(struct backend_view *v, const struct backend_config *cfg, uint32_t i,
+                      char *err, size_t errlen)
+{
+    v->cfg = cfg;
+    const struct config_breaker *kc = &cfg->breaker;
+    v->bk = (struct breaker_cfg){
+        .failures = kc->failures,
+        .open_ns = (uint64_t)kc->open_ms * 1000000u,
+        .max_open_ns = (uint64_t)kc->max_open_ms * 1000000u,
+        /* the longest a probe can take before it reports */
+        .probe_lease_ns = (uint64_t)(cfg->connect_timeout_ms + cfg->max_request_timeout_ms) *
+                          1000000u,
+    };
+    return resolve_address(v, cfg, i, err, errlen);
+}
+
+int backend_init(struct broker *b, uint32_t i, const struct backend_view *v, char *err,
+                 size_t errlen)
 {
     struct backend *be = &b->backends[i];
+    const struct backend_config *cfg = v->cfg;
     be->index = i;
-    be->cfg = &b->cfg.backends[i];
-    int rc = resolve_backend(be, err, errlen);
-    if (rc < 0)
-        return rc;
-    if (be->cfg->pool_size > 65535) {
-        snprintf(err, errlen, "backends[%u].pool_size: at most 65535", i);
+    atomic_init(&be->view, v);
+    atomic_init(&be->removed, false);
+    be->applied_serial = v->conn_serial;
+    if (cfg->pool_size > POOL_CAP) {
+        snprintf(err, errlen, "backends[%u].pool_size: at most %u", i, POOL_CAP);
         return -EINVAL;
     }
-    rc = pool_init(&be->pool, be->cfg->pool_size, be->cfg->max_queue, worker_pool_handoff, b);
+    /* a reload may raise max_queue up to QUEUE_ROOM without a new ring */
+    uint32_t room = cfg->max_queue > QUEUE_ROOM ? cfg->max_queue : QUEUE_ROOM;
+    int rc = pool_init_room(&be->pool, POOL_CAP, cfg->pool_size, cfg->max_queue, room,
+                            worker_pool_handoff, b);
     if (rc < 0) {
-        snprintf(err, errlen, "backend %s: cannot create its pool: %s", be->cfg->name,
-                 strerror(-rc));
+        snprintf(err, errlen, "backend %s: cannot create its pool: %s", cfg->name, strerror(-rc));
         return rc;
     }
-    be->conns = calloc(be->cfg->pool_size, sizeof *be->conns);
+    be->conns = calloc(POOL_CAP, sizeof *be->conns);
     if (!be->conns) {
         pool_destroy(&be->pool);
         snprintf(err, errlen, "out of memory");
         return -ENOMEM;
     }
-    for (uint32_t s = 0; s < be->cfg->pool_size; s++) {
+    for (uint32_t s = 0; s < POOL_CAP; s++) {
         struct bconn *bc = &be->conns[s];
         bc->be = be;
         bc->slot = &be->pool.slots[s];
@@ -99,15 +129,6 @@ static int backend_init(struct broker *b, uint32_t i, char *err, size_t errlen)
         proto_reply_scanner_init(&bc->scan, FRAME_MAX_DEPTH, FRAME_F_TOP_CONTAINER);
         be->pool.slots[s].ctx = bc;
     }
-    const struct config_breaker *kc = &be->cfg->breaker;
-    be->bkcfg = (struct breaker_cfg){
-        .failures = kc->failures,
-        .open_ns = (uint64_t)kc->open_ms * 1000000u,
-        .max_open_ns = (uint64_t)kc->max_open_ms * 1000000u,
-        /* the longest a probe can take before it reports */
-        .probe_lease_ns = (uint64_t)(be->cfg->connect_timeout_ms + be->cfg->max_request_timeout_ms) *
-                          1000000u,
-    };
     lat_commands_init(&be->cmds);
     be->cmds_ok = true;
     breaker_init(&be->breaker, ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)be ^ i);
@@ -118,11 +139,11 @@ static int backend_init(struct broker *b, uint32_t i, char *err, size_t errlen)
     return 0;
 }
 
-static void backend_destroy(struct backend *be)
+void backend_destroy(struct backend *be)
 {
     if (!be->conns)
         return;
-    for (uint32_t s = 0; s < be->pool.size; s++)
+    for (uint32_t s = 0; s < be->pool.cap; s++)
         proto_buf_free(&be->conns[s].in);
     health_destroy(be);
     if (be->cmds_ok)
@@ -142,7 +163,7 @@ static int cache_setup(struct broker *b, char *err, size_t errlen)
         return rc;
     }
     b->coalesce_ok = true;
-    const struct config_cache *cc = &b->cfg.cache;
+    const struct config_cache *cc = &bcfg(b)->cache;
     if (cc->max_bytes == 0 || cc->max_entries == 0)
         return 0;
     struct cache_config cfg;
@@ -240,23 +261,28 @@ int broker_create(struct broker **out, struct broker_config *cfg, char *err, siz
         snprintf(err, errlen, "out of memory");
         return -ENOMEM;
     }
-    b->cfg = *cfg; /* taken over */
-    memset(cfg, 0, sizeof *cfg);
     b->listen_fd = -1;
     b->admin_fd = -1;
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     b->started_ms = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    snprintf(b->listen_path, sizeof b->listen_path, "%s", cfg->listen);
+    snprintf(b->admin_path, sizeof b->admin_path, "%s", cfg->admin_listen);
     int rc = -ENOMEM;
-    b->nbackends = (uint32_t)b->cfg.nbackends;
-    b->backends = calloc(b->nbackends, sizeof *b->backends);
-    if (!b->backends)
+    if (pthread_rwlock_init(&b->cfg_lock, NULL) != 0) {
+        config_destroy(cfg);
         goto err;
-    for (uint32_t i = 0; i < b->nbackends; i++)
-        if ((rc = backend_init(b, i, err, errlen)) < 0)
-            goto err;
+    }
+    b->cfg_lock_ok = true;
+    b->backends = calloc(CONFIG_BACKENDS_MAX, sizeof *b->backends);
+    if (!b->backends) {
+        config_destroy(cfg);
+        goto err;
+    }
+    if ((rc = live_create(b, cfg, err, errlen)) < 0) /* takes cfg over */
+        goto err;
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    b->nworkers = b->cfg.workers ? b->cfg.workers : (uint32_t)(cpus > 0 ? cpus : 1);
+    b->nworkers = bcfg(b)->workers ? bcfg(b)->workers : (uint32_t)(cpus > 0 ? cpus : 1);
     if (b->nworkers > 256) {
         snprintf(err, errlen, "workers: at most 256 (got %u)", b->nworkers);
         rc = -EINVAL;
@@ -272,13 +298,13 @@ int broker_create(struct broker **out, struct broker_config *cfg, char *err, siz
         }
     if ((rc = cache_setup(b, err, errlen)) < 0)
         goto err;
-    if ((rc = listen_unix("listen", b->cfg.listen, b->cfg.listen_mode, &b->listen_fd, err,
+    if ((rc = listen_unix("listen", b->listen_path, bcfg(b)->listen_mode, &b->listen_fd, err,
                           errlen)) < 0)
         goto err;
     b->listen_unlink = true;
     atomic_init(&b->accepting, true);
     /* The admin socket: owner only, whatever listen_mode allows. */
-    if ((rc = listen_unix("admin_listen", b->cfg.admin_listen, 0600, &b->admin_fd, err,
+    if ((rc = listen_unix("admin_listen", b->admin_path, 0600, &b->admin_fd, err,
                           errlen)) < 0)
         goto err;
     b->admin_unlink = true;
@@ -310,17 +336,19 @@ void broker_free(struct broker *b)
     if (b->listen_fd >= 0)
         close(b->listen_fd);
     if (b->listen_unlink)
-        unlink(b->cfg.listen);
+        unlink(b->listen_path);
     admin_stop(b->admin); /* normally stopped by broker_run already */
     if (b->admin_fd >= 0)
         close(b->admin_fd);
     if (b->admin_unlink)
-        unlink(b->cfg.admin_listen);
+        unlink(b->admin_path);
     cache_free(b->cache);
     if (b->cache_arena_ok)
         arena_destroy(b->cache_arena);
     if (b->coalesce_ok)
         coalesce_destroy(&b->coalesce);
-    config_destroy(&b->cfg);
+    live_destroy_all(b);
+    if (b->cfg_lock_ok)
+        pthread_rwlock_destroy(&b->cfg_lock);
     free(b);
 }

@@ -62,6 +62,7 @@ struct bconn {
     bool attached;            /* held by a worker (between acquire and release) */
     bool doomed;              /* close instead of reuse (timeout, framing, extra bytes, EOF) */
     bool sent;                /* request fully written */
+    uint32_t conn_serial;     /* the backend view's conn_serial when it connected */
     bool got_reply;           /* reply framed */
     uint64_t idle_since_ns;   /* when the connection last went idle */
     struct __kernel_timespec ts_link; /* link timeout (connect / idle) */
@@ -75,25 +76,64 @@ struct backend_stats {
     _Atomic uint32_t open_conns, peak_conns;
 };
 
-struct backend {
-    uint32_t index;
+/* One backend's settings in one live configuration (struct live_config):
+ * its config entry, the breaker settings in ns and its resolved address.
+ * conn_serial changes when the address or the framing does: connections
+ * opened under an older serial are closed instead of reused. */
+struct backend_view {
     const struct backend_config *cfg;
+    struct breaker_cfg bk;
     struct sockaddr_storage addr;
     socklen_t addrlen;
+    uint32_t conn_serial;
+};
+
+struct backend {
+    uint32_t index;
+    /* Its settings (reload.c swaps them): read them with be_view/becfg. */
+    _Atomic(const struct backend_view *) view;
+    _Atomic bool removed;      /* gone from the configuration: drains, gets no new request */
+    uint32_t applied_serial;   /* owner worker: conn_serial its idle connections were swept at */
+    bool removed_swept;        /* owner worker: idle connections closed after removal */
     struct pool pool;
-    struct bconn *conns; /* pool.size entries, slot i's ctx = &conns[i] */
+    struct bconn *conns; /* pool.cap entries, slot i's ctx = &conns[i] */
     struct backend_stats stats;
     struct breaker breaker;    /* any worker: lock-free (breaker.h) */
-    struct breaker_cfg bkcfg;  /* from cfg->breaker, in ns */
     struct health health;      /* checks run by worker index % nworkers (health.h) */
     struct lat_commands cmds;  /* command names of the latency histograms (latency.h) */
     bool cmds_ok;
 };
 
-struct broker {
+/* The configuration in effect and what is derived from it, replaced whole
+ * by a reload (reload.c) and read without locks: a worker reads it through
+ * b->live during a round and acknowledges each new generation at the top of
+ * its loop; a replaced one is freed once every worker has acknowledged its
+ * successor and no backend's view points into it. */
+struct live_config {
     struct broker_config cfg;
-    struct backend *backends;
-    uint32_t nbackends;
+    struct backend_view views[CONFIG_BACKENDS_MAX]; /* [j]: cfg.backends[j] */
+    struct backend *be_of[CONFIG_BACKENDS_MAX];     /* [j]: its struct backend */
+    uint64_t gen;
+    struct live_config *retired_next;
+};
+
+/* Loader for reloads: builds a fresh config (file + command-line flags)
+ * into out (zeroed by the caller). 0 or -errno with err set. */
+typedef int (*broker_config_loader)(void *arg, struct broker_config *out, char *err,
+                                    size_t errlen);
+
+struct broker {
+    _Atomic(struct live_config *) live; /* see struct live_config; bcfg(b) */
+    _Atomic uint64_t cfg_gen;           /* live->gen */
+    struct live_config *retired;        /* replaced, not freed yet (reload.c) */
+    broker_config_loader loader;        /* reload.c: how to read the configuration again */
+    void *loader_arg;
+    pthread_rwlock_t cfg_lock;          /* listener: read around a round; reload: write to free */
+    bool cfg_lock_ok;
+    char listen_path[CONFIG_UNIX_PATH_MAX + 1]; /* not reloadable: copies for teardown */
+    char admin_path[CONFIG_UNIX_PATH_MAX + 1];
+    struct backend *backends;           /* CONFIG_BACKENDS_MAX entries, nbackends in use */
+    _Atomic uint32_t nbackends;         /* grows when a reload adds a backend */
     struct worker **workers;
     uint32_t nworkers;
     int listen_fd;
@@ -127,7 +167,48 @@ enum broker_msg {
     BROKER_MSG_HANDOFF = 3,
     BROKER_MSG_EXIT = 4, /* every worker is finished: leave the loop */
     BROKER_MSG_COALESCED = 5, /* payload: a closed coalesce_ticket with our followers */
+    BROKER_MSG_RELOAD = 6,    /* a new configuration generation: acknowledge it */
 };
+
+static inline struct live_config *broker_live(const struct broker *b)
+{
+    return atomic_load_explicit((_Atomic(struct live_config *) *)&b->live, memory_order_acquire);
+}
+/* The configuration in effect (see struct live_config for how long a
+ * pointer into it stays valid). */
+static inline const struct broker_config *bcfg(const struct broker *b)
+{
+    return &broker_live(b)->cfg;
+}
+static inline const struct backend_view *be_view(const struct backend *be)
+{
+    return atomic_load_explicit((_Atomic(const struct backend_view *) *)&be->view,
+                                memory_order_acquire);
+}
+static inline const struct backend_config *becfg(const struct backend *be)
+{
+    return be_view(be)->cfg;
+}
+static inline uint32_t broker_nbackends(const struct broker *b)
+{
+    return atomic_load_explicit((_Atomic uint32_t *)&b->nbackends, memory_order_acquire);
+}
+
+/* reload.c: build the live configuration at start (cfg taken over). */
+int live_create(struct broker *b, struct broker_config *cfg, char *err, size_t errlen);
+/* Re-read the configuration and apply it (any one non-worker thread at a
+ * time: the admin thread). 0 with a summary in msg, or -errno with the
+ * reason in msg (the old configuration stays in effect). */
+int broker_reload(struct broker *b, char *msg, size_t msglen);
+void broker_set_loader(struct broker *b, broker_config_loader fn, void *arg);
+/* Free every live configuration (broker_free, after every thread). */
+void live_destroy_all(struct broker *b);
+/* backend setup shared by broker.c and reload.c */
+int backend_init(struct broker *b, uint32_t i, const struct backend_view *v, char *err,
+                 size_t errlen);
+void backend_destroy(struct backend *be);
+int backend_view_fill(struct backend_view *v, const struct backend_config *cfg, uint32_t i,
+                      char *err, size_t errlen);
 
 /* Build everything from cfg (taken over: the broker destroys it). Binds the
  * client socket. Returns 0 or -errno with a message in err. */

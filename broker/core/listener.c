@@ -132,19 +132,21 @@ struct fd_budget {
     uint64_t kept;  /* descriptors kept for everything but clients */
     uint64_t limit; /* RLIMIT_NOFILE soft limit when last read (0: never) */
     uint64_t room;  /* clients the limit leaves room for, at least 1 */
+    uint64_t gen;   /* configuration generation `kept` was counted for */
 };
 
 static uint64_t fd_kept(const struct broker *b)
 {
     uint64_t n = 3 + 1 + 1 + 1 + (uint64_t)b->nworkers + 1 + 2 + FD_MARGIN;
-    for (uint32_t i = 0; i < b->nbackends; i++)
-        n += (uint64_t)b->cfg.backends[i].pool_size + 1;
+    uint32_t nb = broker_nbackends(b); /* removed ones too: they may still hold connections */
+    for (uint32_t i = 0; i < nb; i++)
+        n += (uint64_t)pool_size(&b->backends[i].pool) + 1;
     return n;
 }
 
 static uint32_t fd_cap(const struct broker *b, const struct fd_budget *fb)
 {
-    return fb->room < b->cfg.max_clients ? (uint32_t)fb->room : b->cfg.max_clients;
+    return fb->room < bcfg(b)->max_clients ? (uint32_t)fb->room : bcfg(b)->max_clients;
 }
 
 static void fd_budget_log(const struct broker *b, const struct fd_budget *fb, bool at_start)
@@ -156,21 +158,27 @@ static void fd_budget_log(const struct broker *b, const struct fd_budget *fb, bo
                   "(raise LimitNOFILE / ulimit -n)",
                   LOG_UINT("nofile", fb->limit), LOG_UINT("fds_kept", fb->kept),
                   LOG_UINT("client_cap", fd_cap(b, fb)));
-    else if (!at_start || fb->room < b->cfg.max_clients)
+    else if (!at_start || fb->room < bcfg(b)->max_clients)
         log_write(LOG_LEVEL_INFO,
                   at_start ? "clients capped below max_clients by the descriptor limit"
                            : "descriptor limit changed",
                   LOG_UINT("client_cap", fd_cap(b, fb)),
-                  LOG_UINT("max_clients", b->cfg.max_clients), LOG_UINT("nofile", fb->limit),
+                  LOG_UINT("max_clients", bcfg(b)->max_clients), LOG_UINT("nofile", fb->limit),
                   LOG_UINT("fds_kept", fb->kept));
 }
 
 /* Read the soft limit again (prlimit --pid may have changed it; one cheap
  * syscall). Returns true when it changed. */
-static bool fd_budget_read(struct fd_budget *fb)
+static bool fd_budget_read(const struct broker *b, struct fd_budget *fb)
 {
     struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || (uint64_t)rl.rlim_cur == fb->limit)
+    uint64_t gen = atomic_load_explicit(&b->cfg_gen, memory_order_acquire);
+    bool regen = gen != fb->gen; /* a reload may have resized pools */
+    if (regen) {
+        fb->gen = gen;
+        fb->kept = fd_kept(b);
+    }
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || ((uint64_t)rl.rlim_cur == fb->limit && !regen))
         return false;
     fb->limit = (uint64_t)rl.rlim_cur; /* RLIM_INFINITY reads as a huge limit */
     fb->room = fb->limit > fb->kept ? fb->limit - fb->kept : 1;
@@ -190,8 +198,9 @@ static void fd_budget_init(const struct broker *b, struct fd_budget *fb)
             log_write(LOG_LEVEL_DEBUG, "raised the descriptor limit to the hard limit",
                       LOG_UINT("from", soft), LOG_UINT("to", rl.rlim_max));
     }
-    *fb = (struct fd_budget){.kept = fd_kept(b), .room = b->cfg.max_clients};
-    if (fd_budget_read(fb))
+    *fb = (struct fd_budget){.kept = fd_kept(b), .room = bcfg(b)->max_clients};
+    fb->gen = atomic_load_explicit(&b->cfg_gen, memory_order_acquire);
+    if (fd_budget_read(b, fb))
         fd_budget_log(b, fb, true);
 }
 
@@ -210,10 +219,10 @@ static void refuse_over_cap(const struct broker *b, const struct fd_budget *fb, 
     static struct log_ratelimit rl = LOG_RATELIMIT_INIT("accept", 5, 10);
     static struct log_ratelimit rl_fds = LOG_RATELIMIT_INIT("accept_fd_cap", 1, 5);
     char why[192];
-    if (fb->room >= b->cfg.max_clients) {
+    if (fb->room >= bcfg(b)->max_clients) {
         LOG_RATELIMITED_BY(&rl, LOG_LEVEL_WARN, "refusing client: max_clients reached",
-                           LOG_UINT("max_clients", b->cfg.max_clients));
-        snprintf(why, sizeof why, "too many clients (max_clients %u)", b->cfg.max_clients);
+                           LOG_UINT("max_clients", bcfg(b)->max_clients));
+        snprintf(why, sizeof why, "too many clients (max_clients %u)", bcfg(b)->max_clients);
     } else {
         LOG_RATELIMITED_BY(&rl_fds, LOG_LEVEL_WARN,
                            "refusing client: out of file descriptors for new clients, the rest "
@@ -247,7 +256,7 @@ static void on_out_of_fds(struct broker *b, struct fd_reserve *r, int err)
     LOG_RATELIMITED_BY(&rl, LOG_LEVEL_ERROR,
                        "out of file descriptors: refusing clients until some are free "
                        "(raise the limit with ulimit -n / LimitNOFILE, or lower max_clients)",
-                       LOG_ERRNO(err), LOG_UINT("max_clients", b->cfg.max_clients));
+                       LOG_ERRNO(err), LOG_UINT("max_clients", bcfg(b)->max_clients));
     if (r->fd < 0)
         return;
     close(r->fd);
@@ -283,7 +292,7 @@ struct listener {
 static void on_accept(struct listener *l, int fd)
 {
     struct broker *b = l->b;
-    if (fd_budget_read(&l->fds))
+    if (fd_budget_read(b, &l->fds))
         fd_budget_log(b, &l->fds, false);
     uint32_t n = atomic_fetch_add_explicit(&b->nclients, 1, memory_order_relaxed);
     if (n >= fd_cap(b, &l->fds)) {
@@ -357,11 +366,8 @@ static void on_signal(struct listener *l, int res)
     }
     if (signo == SIGUSR1)
         l->drain_asked = true; /* handled after this round's completions */
-    if (signo == SIGHUP)
-        log_write(LOG_LEVEL_WARN,
-                  "SIGHUP: configuration reload is not implemented yet; "
-                  "restart brokerd to apply changes",
-                  LOG_END);
+    if (signo == SIGHUP) /* reloads run on the admin thread (reload.c) */
+        admin_request_reload(l->b->admin);
     arm_signal(l->ring, l->sfd, &l->si);
 }
 
@@ -405,12 +411,12 @@ static void stop_accepting(struct listener *l, const char *why)
         close(b->listen_fd);
     b->listen_fd = -1;
     if (b->listen_unlink) {
-        unlink(b->cfg.listen);
+        unlink(b->listen_path);
         b->listen_unlink = false;
     }
     atomic_store_explicit(&b->accepting, false, memory_order_relaxed);
     if (why)
-        log_write(LOG_LEVEL_INFO, why, LOG_CSTR("listen", b->cfg.listen));
+        log_write(LOG_LEVEL_INFO, why, LOG_CSTR("listen", b->listen_path));
 }
 
 static int listener_loop(struct listener *l)
@@ -418,8 +424,12 @@ static int listener_loop(struct listener *l)
     struct broker *b = l->b;
     reserve_take(&l->reserve);
     arm_signal(l->ring, l->sfd, &l->si);
+    /* The configuration is read under cfg_lock during a round, never while
+     * waiting: a reload frees a replaced one only between rounds (reload.c). */
     while (!atomic_load_explicit(&b->stopping, memory_order_relaxed)) {
+        pthread_rwlock_rdlock(&b->cfg_lock);
         accept_refill(l);
+        pthread_rwlock_unlock(&b->cfg_lock);
         int rc = io_uring_submit_and_wait(l->ring, 1);
         if (rc < 0 && rc != -EINTR) {
             log_write(LOG_LEVEL_ERROR, "listener io_uring failed", LOG_ERRNO(rc));
@@ -427,6 +437,7 @@ static int listener_loop(struct listener *l)
         }
         struct io_uring_cqe *cqe;
         unsigned head, seen = 0;
+        pthread_rwlock_rdlock(&b->cfg_lock);
         io_uring_for_each_cqe(l->ring, head, cqe)
         {
             seen++;
@@ -449,6 +460,7 @@ static int listener_loop(struct listener *l)
                 post_msg(l->ring, b->workers[i], BROKER_MSG_NEWCONN);
                 l->wake[i] = false;
             }
+        pthread_rwlock_unlock(&b->cfg_lock);
     }
     return 0;
 }
@@ -501,12 +513,14 @@ int broker_run(struct broker *b)
     if (started == b->nworkers && (rc = admin_start(b, b->admin_fd, &b->admin)) < 0)
         log_write(LOG_LEVEL_ERROR, "cannot start the admin socket's thread", LOG_ERRNO(rc));
     if (started == b->nworkers && rc == 0) {
+        pthread_rwlock_rdlock(&b->cfg_lock);
         fd_budget_init(b, &l.fds);
-        log_write(LOG_LEVEL_INFO, "brokerd ready", LOG_CSTR("listen", b->cfg.listen),
+        log_write(LOG_LEVEL_INFO, "brokerd ready", LOG_CSTR("listen", b->listen_path),
                   LOG_UINT("workers", b->nworkers), LOG_UINT("backends", b->nbackends),
-                  LOG_CSTR("backend", b->cfg.backends[0].name),
+                  LOG_CSTR("backend", bcfg(b)->backends[0].name),
                   LOG_UINT("client_cap", fd_cap(b, &l.fds)), LOG_UINT("nofile", l.fds.limit),
                   LOG_UINT("fds_kept", l.fds.kept));
+        pthread_rwlock_unlock(&b->cfg_lock);
         rc = listener_loop(&l);
         if (l.reserve.fd >= 0)
             close(l.reserve.fd);
@@ -526,7 +540,7 @@ int broker_run(struct broker *b)
     admin_stop(b->admin);
     b->admin = NULL;
     if (b->admin_unlink) {
-        unlink(b->cfg.admin_listen);
+        unlink(b->admin_path);
         b->admin_unlink = false;
     }
     io_uring_queue_exit(&ring);

@@ -71,18 +71,20 @@ static void on_msg(struct worker *w, uint64_t ud, int res)
     } else if (kind == BROKER_MSG_SHUTDOWN) {
         if (!w->draining) {
             w->draining = true;
-            w->grace_deadline_ns = now_ns() + (uint64_t)w->b->cfg.shutdown_grace_ms * 1000000u;
+            w->grace_deadline_ns = now_ns() + (uint64_t)bcfg(w->b)->shutdown_grace_ms * 1000000u;
             drain_inbox(w);
             health_stop(w);
             client_mark_all_dirty(w); /* idle ones close now */
         }
     } else if (kind == BROKER_MSG_COALESCED) {
         cachepath_on_ticket(w, (struct coalesce_ticket *)(uintptr_t)payload);
+    } else if (kind == BROKER_MSG_RELOAD) {
+        /* nothing: waking up was the point (worker_config_sync) */
     } else if (kind == BROKER_MSG_EXIT) {
         w->exit_now = true;
     } else if (kind == BROKER_MSG_HANDOFF) {
         uint32_t bi = (uint32_t)res >> 16, si = (uint32_t)res & 0xffffu;
-        if (bi < w->b->nbackends && si < w->b->backends[bi].pool.size) {
+        if (bi < broker_nbackends(w->b) && si < w->b->backends[bi].pool.cap) {
             struct pool_slot *slot = &w->b->backends[bi].pool.slots[si];
             /* The kernel's MSG_RING orders the sender's writes before this
              * completion, but the C memory model (and TSan) only know
@@ -207,7 +209,7 @@ static void *worker_main(void *arg)
     int rc = ring_enable(&w->ring);
     /* Worker 0 keeps the cache's memory-pressure figure fresh, off every
      * request path (a mallctl epoch refresh costs tens of microseconds). */
-    if (w->id == 0 && w->b->cache && w->b->cfg.cache.memory_watermark_bytes)
+    if (w->id == 0 && w->b->cache && bcfg(w->b)->cache.memory_watermark_bytes)
         w->housekeeping_ns = now_ns() + CACHE_PRESSURE_CHECK_MS * 1000000u;
     atomic_store_explicit(&w->ready, rc == 0 ? 1 : -1, memory_order_release);
     if (rc < 0) {
@@ -226,6 +228,9 @@ static void *worker_main(void *arg)
             log_write(LOG_LEVEL_ERROR, "io_uring_submit_and_wait failed", LOG_ERRNO(rc));
             break;
         }
+        /* Everything of the last round is submitted: nothing of ours still
+         * points into an older configuration (reload.c). */
+        worker_config_sync(w);
         struct io_uring_cqe *cqe;
         unsigned head, n = 0;
         io_uring_for_each_cqe(&w->ring, head, cqe)
@@ -257,18 +262,21 @@ int worker_create(struct broker *b, uint32_t id, struct worker **out)
         return -ENOMEM;
     w->b = b;
     w->id = id;
-    w->limits.max_request_bytes = b->cfg.max_request_bytes;
-    w->limits.max_json_depth = b->cfg.max_json_depth;
+    w->limits.max_request_bytes = bcfg(b)->max_request_bytes;
+    w->limits.max_json_depth = bcfg(b)->max_json_depth;
+    w->cfg_gen = atomic_load_explicit(&b->cfg_gen, memory_order_acquire);
+    atomic_init(&w->cfg_seen, w->cfg_gen);
     w->rng = 0x9e3779b97f4a7c15ull ^ ((uint64_t)id + 1) * 0xbf58476d1ce4e5b9ull ^ (uint64_t)(uintptr_t)w;
-    w->retry_budget = calloc(b->nbackends ? b->nbackends : 1, sizeof *w->retry_budget);
+    /* Per-backend arrays have room for every backend a reload may add. */
+    w->retry_budget = calloc(CONFIG_BACKENDS_MAX, sizeof *w->retry_budget);
     if (!w->retry_budget) {
         free(w);
         return -ENOMEM;
     }
-    for (uint32_t i = 0; i < b->nbackends; i++)
+    for (uint32_t i = 0; i < CONFIG_BACKENDS_MAX; i++)
         w->retry_budget[i] = RETRY_BUDGET_MAX; /* full: the first failures may retry */
-    w->bstats = calloc(b->nbackends ? b->nbackends : 1, sizeof *w->bstats);
-    w->lat = calloc(b->nbackends ? b->nbackends : 1, sizeof *w->lat);
+    w->bstats = calloc(CONFIG_BACKENDS_MAX, sizeof *w->bstats);
+    w->lat = calloc(CONFIG_BACKENDS_MAX, sizeof *w->lat);
     if (!w->bstats || !w->lat) {
         free(w->lat);
         free(w->bstats);

@@ -192,6 +192,10 @@ struct worker {
     bool finished;              /* counted in b->nfinished */
     bool exit_now;              /* every worker finished */
     struct proto_limits limits;
+    /* configuration generations (reload.c): the one this worker runs on,
+     * and the same published for the reloader */
+    uint64_t cfg_gen;
+    _Atomic uint64_t cfg_seen;
 };
 
 /* The worker running on this thread (NULL on the listener thread). */
@@ -371,6 +375,11 @@ void bconn_on_cqe(struct worker *w, uint64_t ud, int res);
 void bconn_doom(struct bconn *bc);
 /* Give the slot back once no request and no operation uses it. */
 void bconn_settle(struct worker *w, struct bconn *bc);
+/* reload.c: take up a new configuration generation, if there is one (top
+ * of every round). */
+void worker_config_sync(struct worker *w);
+bool bconn_outdated(const struct bconn *bc);
+void bconn_close_fd(struct bconn *bc);
 
 /* deadline.c */
 int deadline_push(struct worker *w, struct req *r);

@@ -111,7 +111,7 @@ void client_emit_errorf(struct worker *w, struct client *c, const struct proto_s
 
 static bool client_paused(const struct worker *w, const struct client *c)
 {
-    const struct broker_config *cfg = &w->b->cfg;
+    const struct broker_config *cfg = bcfg(w->b);
     return c->inflight >= cfg->rate_limit.max_inflight_per_client ||
            client_pending_out(c) >= cfg->max_client_output_bytes;
 }
@@ -121,7 +121,7 @@ static bool client_paused(const struct worker *w, const struct client *c)
  * are never mistaken for one over-long line) or the start of one line. */
 static void client_process(struct worker *w, struct client *c)
 {
-    uint64_t max = w->b->cfg.max_request_bytes;
+    uint64_t max = bcfg(w->b)->max_request_bytes;
     size_t pos = 0;
     bool partial = false; /* stopped at a line without its newline */
     while (pos < c->in_len && !c->dead) {
@@ -169,7 +169,7 @@ static void client_arm_recv(struct worker *w, struct client *c)
         return;
     if (c->in_len == c->in_cap) {
         /* Room for one byte past the limit, so an over-long line shows. */
-        size_t limit = (size_t)w->b->cfg.max_request_bytes + 1;
+        size_t limit = (size_t)bcfg(w->b)->max_request_bytes + 1;
         size_t cap = c->in_cap * 2 > limit ? limit : c->in_cap * 2;
         if (cap <= c->in_cap)
             return; /* full of complete lines we may not take yet: wait */

@@ -9,8 +9,10 @@
  * bad_request (not JSON, no "cmd") or unknown_command. Commands: stats,
  * health, pool, cache, memory, config, metrics (Prometheus text in
  * result.text), drain (as SIGUSR1: stop accepting clients, serve the
- * connected ones) and shutdown (as SIGTERM). reload answers an error saying
- * it is not built yet, never a silent success.
+ * connected ones), shutdown (as SIGTERM) and reload (reload.c: answers
+ * once the new configuration is in effect, or with the reason it was
+ * refused and the old one kept). SIGHUP reaches this thread through an
+ * eventfd the listener writes, so every reload runs here, one at a time.
  *
  * Thread: one thread of its own, blocking in poll(2) on the listening
  * socket, its clients and an eventfd that admin_stop writes. Admin traffic
@@ -56,6 +58,7 @@ struct admin {
     struct broker *b;
     int listen_fd;
     int wake_fd; /* eventfd: admin_stop */
+    int reload_fd; /* eventfd: SIGHUP, written by the listener */
     pthread_t thread;
     bool started;
     struct admin_client clients[ADMIN_CLIENTS];
@@ -96,6 +99,25 @@ static json_t *error_obj(const char *code, const char *msg)
     return json_pack("{s:s,s:{s:s,s:s}}", "status", "error", "error", "code", code, "message", msg);
 }
 
+/* A reload, logged either way. On failure msg says the old configuration
+ * stays in effect and why. */
+static int do_reload(struct broker *b, const char *by, char *msg, size_t msglen)
+{
+    char why[512];
+    int rc = broker_reload(b, why, sizeof why);
+    if (rc < 0) {
+        snprintf(msg, msglen, "configuration not reloaded, the running one stays in effect: %s",
+                 why);
+        log_write(LOG_LEVEL_ERROR, "configuration not reloaded", LOG_CSTR("asked_by", by),
+                  LOG_CSTR("reason", why));
+    } else {
+        snprintf(msg, msglen, "%s", why);
+        log_write(LOG_LEVEL_INFO, "configuration reloaded", LOG_CSTR("asked_by", by),
+                  LOG_CSTR("summary", why));
+    }
+    return rc;
+}
+
 /* The answer to one command: {"status":..., "result"|"error":...}. */
 static json_t *run(struct admin *a, const char *cmd)
 {
@@ -113,7 +135,7 @@ static json_t *run(struct admin *a, const char *cmd)
         res = memory_json(b);
     } else if (strcmp(cmd, "config") == 0) {
         char *text = NULL;
-        if (config_dump_json(&b->cfg, &text) == 0)
+        if (config_dump_json(bcfg(b), &text) == 0)
             res = json_loads(text, 0, NULL);
         free(text);
     } else if (strcmp(cmd, "metrics") == 0) {
@@ -131,11 +153,14 @@ static json_t *run(struct admin *a, const char *cmd)
         kill(getpid(), SIGUSR1); /* the listener's signalfd takes it, as kill -USR1 */
         res = json_pack("{s:b}", "draining", 1);
     } else if (strcmp(cmd, "reload") == 0) {
-        return error_obj("unsupported", "reload is not built yet: restart brokerd to apply "
-                                        "a new configuration");
+        char msg[640];
+        if (do_reload(b, "admin socket", msg, sizeof msg) < 0)
+            return error_obj("reload_failed", msg);
+        res = json_pack("{s:b,s:I,s:s}", "reloaded", 1, "generation",
+                        (json_int_t)atomic_load(&b->cfg_gen), "message", msg);
     } else {
         return error_obj("unknown_command", "unknown command; try stats, health, pool, cache, "
-                                            "memory, config, metrics, drain or shutdown");
+                                            "memory, config, metrics, reload, drain or shutdown");
     }
     if (!res)
         return error_obj("internal", "out of memory building the answer");
@@ -245,13 +270,15 @@ static void *admin_main(void *arg)
     struct admin *a = arg;
     pthread_setname_np(pthread_self(), "brokerd-admin");
     for (;;) {
-        struct pollfd p[ADMIN_CLIENTS + 2];
-        int map[ADMIN_CLIENTS + 2];
+        struct pollfd p[ADMIN_CLIENTS + 3];
+        int map[ADMIN_CLIENTS + 3];
         nfds_t n = 0;
         p[n] = (struct pollfd){.fd = a->wake_fd, .events = POLLIN};
         map[n++] = -1;
         p[n] = (struct pollfd){.fd = a->listen_fd, .events = POLLIN};
         map[n++] = -2;
+        p[n] = (struct pollfd){.fd = a->reload_fd, .events = POLLIN};
+        map[n++] = -3;
         for (int i = 0; i < ADMIN_CLIENTS; i++) {
             struct admin_client *c = &a->clients[i];
             if (c->fd < 0)
@@ -273,7 +300,12 @@ static void *admin_main(void *arg)
             break; /* admin_stop */
         if (p[1].revents & POLLIN)
             on_accept(a);
-        for (nfds_t k = 2; k < n; k++) {
+        uint64_t hups;
+        if ((p[2].revents & POLLIN) && read(a->reload_fd, &hups, sizeof hups) == sizeof hups) {
+            char msg[640];
+            do_reload(a->b, "SIGHUP", msg, sizeof msg); /* several SIGHUPs: one reload */
+        }
+        for (nfds_t k = 3; k < n; k++) {
             struct admin_client *c = &a->clients[map[k]];
             if (c->fd < 0)
                 continue;
@@ -296,14 +328,20 @@ int admin_start(struct broker *b, int listen_fd, struct admin **out)
     for (int i = 0; i < ADMIN_CLIENTS; i++)
         a->clients[i].fd = -1;
     a->wake_fd = eventfd(0, EFD_CLOEXEC);
-    if (a->wake_fd < 0) {
+    a->reload_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (a->wake_fd < 0 || a->reload_fd < 0) {
         int rc = -errno;
+        if (a->wake_fd >= 0)
+            close(a->wake_fd);
+        if (a->reload_fd >= 0)
+            close(a->reload_fd);
         free(a);
         return rc;
     }
     int rc = pthread_create(&a->thread, NULL, admin_main, a);
     if (rc) {
         close(a->wake_fd);
+        close(a->reload_fd);
         free(a);
         return -rc;
     }
@@ -325,5 +363,17 @@ void admin_stop(struct admin *a)
         if (a->clients[i].fd >= 0)
             client_drop(&a->clients[i]);
     close(a->wake_fd);
+    close(a->reload_fd);
     free(a);
+}
+
+void admin_request_reload(struct admin *a)
+{
+    if (!a) {
+        log_write(LOG_LEVEL_WARN, "SIGHUP ignored: the admin thread, which runs reloads, is not "
+                                  "running");
+        return;
+    }
+    uint64_t one = 1;
+    (void)!write(a->reload_fd, &one, sizeof one);
 }

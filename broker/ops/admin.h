@@ -13,5 +13,7 @@ struct admin;
 int admin_start(struct broker *b, int listen_fd, struct admin **out);
 /* Stop the thread, close every admin client, free a. Safe with NULL. */
 void admin_stop(struct admin *a);
+/* SIGHUP (listener thread): have the admin thread reload the configuration. */
+void admin_request_reload(struct admin *a);
 
 #endif /* BROKER_ADMIN_H */

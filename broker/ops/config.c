@@ -234,13 +234,13 @@ static const struct config_key backend_keys[] = {
     K_STR(BE, "backends[].name", CONFIG_F_REQUIRED, name, "blender", check_backend_name,
           "Backend name, unique, [A-Za-z0-9_-]{1,64}; requests pick it with \"backend\". "
           "The first backend is the default. Required in every entry of a file."),
-    K_ADDR(BE, "backends[].address", CONFIG_T_ADDRESS, CONFIG_F_REQUIRED, address, "127.0.0.1:9876",
+    K_ADDR(BE, "backends[].address", CONFIG_T_ADDRESS, R | CONFIG_F_REQUIRED, address, "127.0.0.1:9876",
            "\"host:port\" (IPv4, [IPv6] or a hostname; port 1..65535) or \"unix:/path\" "
            "(at most 107 bytes). Required in every entry of a file."),
-    K_ENUM(BE, "backends[].framing", 0, framing, enum config_framing, "json", framing_names,
+    K_ENUM(BE, "backends[].framing", R, framing, enum config_framing, "json", framing_names,
            "How a response ends: json = when the JSON value is complete (Blender add-on), "
            "ndjson = at a newline."),
-    K_U32(BE, "backends[].pool_size", 0, pool_size, 4, 1, 1024,
+    K_U32(BE, "backends[].pool_size", R, pool_size, 4, 1, 1024,
           "Persistent connections, opened on demand; one request in flight on each."),
     K_U32(BE, "backends[].max_queue", R, max_queue, 1024, 0, 1048576,
           "Requests waiting for a free connection; beyond it: overloaded."),
@@ -257,7 +257,7 @@ static const struct config_key backend_keys[] = {
          "Cap on a client's timeout_ms."),
     K_MS(BE, "backends[].idle_timeout_ms", R, idle_timeout_ms, 10000, 1, MS_HOUR,
          "Longest silence while reading a response; every received chunk resets it."),
-    K_SIZE(BE, "backends[].max_response_bytes", 0, max_response_bytes, 67108864, 64, 4 * GiB,
+    K_SIZE(BE, "backends[].max_response_bytes", R, max_response_bytes, 67108864, 64, 4 * GiB,
            "Largest response accepted; a larger one is bad_backend_response."),
     K_STR(BE, "backends[].health.command", R, health.command, "get_scene_info", check_command,
           "Command sent by health checks, on their own connection."),
@@ -1253,16 +1253,17 @@ int config_check_reload(const struct broker_config *cur, const struct broker_con
 
     if (rc)
         return rc;
-    if (cur->nbackends != next->nbackends)
-        return fail(&c, "backends", "the list of backends changed (restart brokerd to apply it)");
-    for (size_t i = 0; i < cur->nbackends; i++) {
-        if (strcmp(cur->backends[i].name, next->backends[i].name) != 0)
-            return fail(&c, "backends",
-                        "the list of backends changed (restart brokerd to apply it)");
-        snprintf(display, sizeof(display), "backends[%zu].", i);
-        rc = reload_diff(&c, &backend_table, &cur->backends[i], &next->backends[i], display);
-        if (rc)
-            return rc;
+    /* Backends are matched by name: a new name is added, a missing one
+     * removed (reload.c); one in both is checked key by key. */
+    for (size_t i = 0; i < next->nbackends; i++) {
+        for (size_t j = 0; j < cur->nbackends; j++) {
+            if (strcmp(cur->backends[j].name, next->backends[i].name) != 0)
+                continue;
+            snprintf(display, sizeof(display), "backends[%zu].", i);
+            rc = reload_diff(&c, &backend_table, &cur->backends[j], &next->backends[i], display);
+            if (rc)
+                return rc;
+        }
     }
     return 0;
 }

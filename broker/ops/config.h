@@ -189,8 +189,9 @@ int config_load_string(struct broker_config *cfg, const char *text, size_t len, 
 void config_destroy(struct broker_config *cfg);
 
 /* 0 when next may replace cur without a restart; else -EINVAL and err names
- * the first key without the reloadable flag whose value changed (the list of
- * backends, by name and order, counts as one such key). */
+ * the first key without the reloadable flag whose value changed. Backends
+ * are matched by name (added and removed ones are the reload's business);
+ * the keys of a backend in both are compared. */
 int config_check_reload(const struct broker_config *cur, const struct broker_config *next,
                         char *err, size_t errlen);
 

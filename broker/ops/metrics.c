@@ -56,7 +56,7 @@ static void per_backend_counter(struct out *o, struct broker *b, const char *nam
     for (uint32_t i = 0; i < b->nbackends; i++) {
         struct stats_counts s;
         stats_counts_read(b, i, &s);
-        sample_u(o, name, "{backend=\"%s\"} %llu", b->backends[i].cfg->name,
+        sample_u(o, name, "{backend=\"%s\"} %llu", becfg(&b->backends[i])->name,
                  (ull) * (const uint64_t *)(const void *)((const char *)&s + off));
     }
 }
@@ -89,7 +89,7 @@ static uint64_t pool_overloaded(struct backend *be)
     {                                                                                              \
         return (uint64_t)(expr);                                                                   \
     }
-BE_GETTER(pool_size, be->pool.size)
+BE_GETTER(pool_slots, pool_size(&be->pool))
 BE_GETTER(connects, atomic_load_explicit(&be->stats.connects, memory_order_relaxed))
 BE_GETTER(connect_failures, atomic_load_explicit(&be->stats.connect_failures, memory_order_relaxed))
 BE_GETTER(health_up, atomic_load_explicit(&be->health.up, memory_order_relaxed))
@@ -98,7 +98,7 @@ BE_GETTER(health_failures, atomic_load_explicit(&be->health.failures, memory_ord
 BE_GETTER(breaker_opened, atomic_load_explicit(&be->breaker.n_opened, memory_order_relaxed))
 
 static const struct be_metric be_metrics[] = {
-    {"brokerd_pool_size", "gauge", "Configured pool_size.", pool_size},
+    {"brokerd_pool_size", "gauge", "Configured pool_size.", pool_slots},
     {"brokerd_queue_waiting", "gauge", "Requests waiting for a backend connection.", pool_waiting},
     {"brokerd_queue_overloaded_total", "counter",
      "Requests refused because max_queue requests were waiting.", pool_overloaded},
@@ -144,13 +144,13 @@ static void latency_histograms(struct out *o, struct broker *b)
             for (uint32_t j = 0; j < LAT_BUCKETS - 1; j++) {
                 cum += bucket[j];
                 fprintf(o->f, "%s_bucket{backend=\"%s\",command=\"%s\",le=\"%g\"} %llu\n", name,
-                        be->cfg->name, cmd, lat_bounds_s[j], (ull)cum);
+                        becfg(be)->name, cmd, lat_bounds_s[j], (ull)cum);
             }
             fprintf(o->f, "%s_bucket{backend=\"%s\",command=\"%s\",le=\"+Inf\"} %llu\n", name,
-                    be->cfg->name, cmd, (ull)count);
-            fprintf(o->f, "%s_sum{backend=\"%s\",command=\"%s\"} %.9g\n", name, be->cfg->name, cmd,
+                    becfg(be)->name, cmd, (ull)count);
+            fprintf(o->f, "%s_sum{backend=\"%s\",command=\"%s\"} %.9g\n", name, becfg(be)->name, cmd,
                     (double)sum_ns / 1e9);
-            fprintf(o->f, "%s_count{backend=\"%s\",command=\"%s\"} %llu\n", name, be->cfg->name,
+            fprintf(o->f, "%s_count{backend=\"%s\",command=\"%s\"} %llu\n", name, becfg(be)->name,
                     cmd, (ull)count);
         }
     }
@@ -208,17 +208,17 @@ char *metrics_text(struct broker *b, size_t *len)
         struct pool_stats ps;
         pool_stats_read(&be->pool, &ps);
         sample_u(&o, "brokerd_pool_connections", "{backend=\"%s\",state=\"open\"} %llu",
-                 be->cfg->name, ATOM(be->stats.open_conns));
+                 becfg(be)->name, ATOM(be->stats.open_conns));
         sample_u(&o, "brokerd_pool_connections", "{backend=\"%s\",state=\"idle\"} %llu",
-                 be->cfg->name, (ull)ps.idle);
+                 becfg(be)->name, (ull)ps.idle);
         sample_u(&o, "brokerd_pool_connections", "{backend=\"%s\",state=\"busy\"} %llu",
-                 be->cfg->name, (ull)stats_pool_busy(be, &ps));
+                 becfg(be)->name, (ull)stats_pool_busy(be, &ps));
     }
     for (size_t k = 0; k < sizeof be_metrics / sizeof be_metrics[0]; k++) {
         const struct be_metric *m = &be_metrics[k];
         family(&o, m->name, m->type, m->help);
         for (uint32_t bi = 0; bi < b->nbackends; bi++)
-            sample_u(&o, m->name, "{backend=\"%s\"} %llu", b->backends[bi].cfg->name,
+            sample_u(&o, m->name, "{backend=\"%s\"} %llu", becfg(&b->backends[bi])->name,
                      (ull)m->get(&b->backends[bi]));
     }
     family(&o, "brokerd_breaker_state", "gauge",
@@ -228,7 +228,7 @@ char *metrics_text(struct broker *b, size_t *len)
         breaker_stats_read(&b->backends[i].breaker, now_ns(), &bs);
         for (int s = BREAKER_CLOSED; s <= BREAKER_HALF_OPEN; s++)
             sample_u(&o, "brokerd_breaker_state", "{backend=\"%s\",state=\"%s\"} %d",
-                     b->backends[i].cfg->name, breaker_state_name((enum breaker_state)s),
+                     becfg(&b->backends[i])->name, breaker_state_name((enum breaker_state)s),
                      (int)bs.state == s);
     }
 

@@ -73,7 +73,7 @@ uint64_t stats_pool_busy(struct backend *be, const struct pool_stats *ps)
 {
     /* Slots held: neither connected and idle nor unconnected and spare. */
     uint32_t unheld = ps->idle + ring_mpmc_size(&be->pool.spare);
-    return be->pool.size > unheld ? be->pool.size - unheld : 0;
+    return pool_size(&be->pool) > unheld ? pool_size(&be->pool) - unheld : 0;
 }
 
 json_t *stats_json(struct broker *b)
@@ -91,7 +91,7 @@ json_t *stats_json(struct broker *b)
         struct pool_stats ps;
         pool_stats_read(&be->pool, &ps);
         ok += s.ok;
-        json_object_set_new(backends, be->cfg->name,
+        json_object_set_new(backends, becfg(be)->name,
                             json_pack("{s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o}", "ok", u64(s.ok),
                                       "errors", u64(s.errors), "timeouts", u64(s.timeouts),
                                       "retries", u64(s.retries), "cache_hits", u64(s.cache_hits),
@@ -132,7 +132,7 @@ json_t *health_json(struct broker *b)
         json_array_append_new(
             arr,
             json_pack("{s:s,s:s,s:o,s:o,s:o,s:o,s:s,s:{s:s,s:o,s:o,s:o,s:o,s:o,s:o,s:s}}", "name",
-                      be->cfg->name, "state", LD(h->up) ? "up" : "down", "checks",
+                      becfg(be)->name, "state", LD(h->up) ? "up" : "down", "checks",
                       u64(LD(h->checks)), "failures", u64(LD(h->failures)), "last_check_ms_ago",
                       last_ns ? u64((now_ns_ - last_ns) / 1000000u) : json_null(),
                       "last_latency_us", u64(LD(h->last_latency_us)), "last_failure", why,
@@ -155,13 +155,16 @@ json_t *pool_json(struct broker *b)
         uint64_t busy = stats_pool_busy(be, &ps);
         json_array_append_new(
             arr, json_pack("{s:s,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o}", "name",
-                           be->cfg->name, "size", u64(be->pool.size), "open", u64(open), "idle",
+                           becfg(be)->name, "size", u64(pool_size(&be->pool)), "open", u64(open), "idle",
                            u64(ps.idle), "busy", u64(busy), "waiting", u64(ps.waiting), "parked",
                            u64(ps.parked), "stale_tokens", u64(ps.stale), "max_queue",
-                           u64(be->cfg->max_queue), "overloaded", u64(ps.overloaded), "handoffs",
+                           u64(becfg(be)->max_queue), "overloaded", u64(ps.overloaded), "handoffs",
                            u64(ps.handoffs), "connects", u64(LD(be->stats.connects)),
                            "connect_failures", u64(LD(be->stats.connect_failures)), "peak_open",
                            u64(LD(be->stats.peak_conns))));
+        /* a backend a reload removed, still finishing what it had */
+        json_object_set_new(json_array_get(arr, json_array_size(arr) - 1), "removed",
+                            json_boolean(atomic_load(&be->removed)));
     }
     return json_pack("{s:o}", "backends", arr);
 }

@@ -49,7 +49,7 @@ void admit_identify(struct worker *w, struct client *c)
 bool admit_rate(struct worker *w, struct client *c, const struct proto_request *rq)
 {
     static struct log_ratelimit rl_log = LOG_RATELIMIT_INIT("rate_limited", 1, 5);
-    const struct config_rate_limit *cfg = &w->b->cfg.rate_limit;
+    const struct config_rate_limit *cfg = &bcfg(w->b)->rate_limit;
     uint64_t now = now_ns();
     if (now >= w->rl_sweep_ns) {
         ratelimit_sweep(&w->rl, cfg->rate, cfg->burst, now);
@@ -77,7 +77,7 @@ bool admit_rate(struct worker *w, struct client *c, const struct proto_request *
 
 bool admit_inflight(struct worker *w, struct client *c, const struct proto_request *rq)
 {
-    uint32_t cap = w->b->cfg.rate_limit.max_inflight;
+    uint32_t cap = bcfg(w->b)->rate_limit.max_inflight;
     if (atomic_fetch_add_explicit(&w->b->inflight, 1, memory_order_relaxed) >= cap) {
         atomic_fetch_sub_explicit(&w->b->inflight, 1, memory_order_relaxed);
         client_emit_errorf(w, c, &rq->id, PROTO_OVERLOADED,

@@ -92,7 +92,7 @@ static int lookup_into(struct cache *cache, const struct cache_key *key, struct 
 
 static bool is_read(const struct backend *be, const struct proto_span *type)
 {
-    return config_is_read_only(be->cfg, type->ptr, type->len);
+    return config_is_read_only(becfg(be), type->ptr, type->len);
 }
 
 static void count_hit(struct worker *w, struct client *c, struct backend *be)
@@ -123,7 +123,7 @@ static struct cache_key req_key(const struct req *r)
     size_t type_len = (size_t)((const char *)memchr(r->breq.data + 9, '"', r->breq.len - 9) -
                                (r->breq.data + 9));
     struct proto_span params = proto_backend_request_params(
-        &r->breq, type_len, r->be->cfg->framing == CONFIG_FRAMING_NDJSON);
+        &r->breq, type_len, becfg(r->be)->framing == CONFIG_FRAMING_NDJSON);
     return (struct cache_key){r->be->index, r->breq.data + 9, type_len, params.ptr, params.len};
 }
 
@@ -188,7 +188,7 @@ void cachepath_fill(struct worker *w, struct req *r, const char *value, size_t l
     if (rc < 0 && rc != -ESTALE && rc != -E2BIG) {
         static struct log_ratelimit rl = LOG_RATELIMIT_INIT("cache_set", 1, 5);
         LOG_RATELIMITED_BY(&rl, LOG_LEVEL_WARN, "cannot cache a response", LOG_ERRNO(rc),
-                           LOG_CSTR("backend", r->be->cfg->name));
+                           LOG_CSTR("backend", becfg(r->be)->name));
     }
 }
 
@@ -201,7 +201,7 @@ void cachepath_retire(struct worker *w, struct req *r)
 bool cachepath_serve_stale(struct worker *w, struct req *r)
 {
     struct cache *cache = w->b->cache;
-    if (!cache || !r->cacheable || w->b->cfg.cache.serve_stale_ms <= 0)
+    if (!cache || !r->cacheable || bcfg(w->b)->cache.serve_stale_ms <= 0)
         return false;
     struct cache_key key = req_key(r);
     struct proto_span id = req_id(r);
@@ -296,7 +296,7 @@ void cachepath_on_ticket(struct worker *w, struct coalesce_ticket *t)
 uint64_t cachepath_housekeeping(struct worker *w, uint64_t now)
 {
     struct cache *cache = w->b->cache;
-    if (cache && w->b->cfg.cache.memory_watermark_bytes)
+    if (cache && bcfg(w->b)->cache.memory_watermark_bytes)
         cache_pressure_refresh(cache);
     return now + CACHE_PRESSURE_CHECK_MS * 1000000u;
 }

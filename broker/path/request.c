@@ -214,13 +214,13 @@ static bool req_parse(struct worker *w, struct client *c, const char *line, size
 /* route: the named backend, or the first one. */
 static struct backend *req_route(struct worker *w, struct client *c, const struct proto_request *rq)
 {
-    struct broker *b = w->b;
+    struct live_config *live = broker_live(w->b);
     if (!rq->backend.ptr)
-        return &b->backends[0];
+        return live->be_of[0];
     const struct backend_config *bc =
-        config_find_backend(&b->cfg, rq->backend.ptr, rq->backend.len);
+        config_find_backend(&live->cfg, rq->backend.ptr, rq->backend.len);
     if (bc)
-        return &b->backends[bc - b->cfg.backends];
+        return live->be_of[bc - live->cfg.backends];
     client_emit_errorf(w, c, &rq->id, PROTO_UNKNOWN_BACKEND, "no backend named \"%.*s\"",
                        (int)rq->backend.len, rq->backend.ptr);
     return NULL;
@@ -241,7 +241,7 @@ static struct req *req_build(struct worker *w, struct client *c, struct backend 
     r->c = c;
     r->be = be;
     r->bc = NULL;
-    bool read = config_is_read_only(be->cfg, rq->type.ptr, rq->type.len);
+    bool read = config_is_read_only(becfg(be), rq->type.ptr, rq->type.len);
     r->cacheable = read && w->b->cache;
     r->bypass = !rq->cache;
     r->mutating = !read;
@@ -251,7 +251,7 @@ static struct req *req_build(struct worker *w, struct client *c, struct backend 
     memcpy(r->id, rq->id.ptr, rq->id.len); /* <= PROTO_ID_MAX + quotes, parser-checked */
     r->id_len = (uint8_t)rq->id.len;
     c->inflight++;
-    const struct backend_config *bcfg = be->cfg;
+    const struct backend_config *bcfg = becfg(be);
     int rc = proto_write_backend_request(&r->breq, &rq->type, &rq->params, rq->params_ascii);
     if (rc == 0 && bcfg->framing == CONFIG_FRAMING_NDJSON)
         rc = proto_buf_append_try(&r->breq, "\n", 1);
@@ -323,7 +323,7 @@ void request_expire(struct worker *w, uint64_t now)
 {
     while (w->heap_len && w->heap[0]->key_ns <= now) {
         struct req *r = w->heap[0];
-        const struct backend_config *bcfg = r->be->cfg;
+        const struct backend_config *bcfg = becfg(r->be);
         if (r->state == REQ_BACKOFF && r->deadline_ns > now)
             retry_now(w, r);
         else if (r->deadline_ns > now)

@@ -42,7 +42,7 @@ bool retry_admit(struct worker *w, struct req *r)
     if (r->attempts == 0 && *bank < RETRY_BUDGET_MAX)
         *bank += RETRY_BUDGET_RATIO;
     uint32_t after_ms = 0, reason = 0;
-    switch (breaker_allow(&be->breaker, &be->bkcfg, now_ns(), &after_ms, &reason)) {
+    switch (breaker_allow(&be->breaker, &be_view(be)->bk, now_ns(), &after_ms, &reason)) {
     case BREAKER_PASS:
         return true;
     case BREAKER_PROBE:
@@ -58,11 +58,11 @@ bool retry_admit(struct worker *w, struct req *r)
      * after one base open period instead. */
     bool testing =
         atomic_load_explicit(&be->breaker.state, memory_order_relaxed) == BREAKER_HALF_OPEN;
-    uint32_t open_ms = (uint32_t)be->cfg->breaker.open_ms;
+    uint32_t open_ms = (uint32_t)becfg(be)->breaker.open_ms;
     if (testing && after_ms > open_ms)
         after_ms = open_ms;
     req_fail_after(w, r, PROTO_UNAVAILABLE, after_ms,
-                   "backend %s: circuit %s, it %s; try again in %u ms", be->cfg->name,
+                   "backend %s: circuit %s, it %s; try again in %u ms", becfg(be)->name,
                    testing ? "half-open (one request is testing it)" : "open", why, after_ms);
     return false;
 }
@@ -72,9 +72,9 @@ void retry_success(struct worker *w, struct req *r)
     struct backend *be = r->be;
     bool probe = r->probe;
     r->probe = false;
-    if (breaker_success(&be->breaker, &be->bkcfg, probe))
+    if (breaker_success(&be->breaker, &be_view(be)->bk, probe))
         log_write(LOG_LEVEL_INFO, "backend answers again: circuit closed",
-                  LOG_CSTR("backend", be->cfg->name));
+                  LOG_CSTR("backend", becfg(be)->name));
     (void)w;
 }
 
@@ -120,13 +120,13 @@ void req_backend_fail(struct worker *w, struct req *r, enum backend_why why, uin
     uint64_t now = now_ns();
     bool probe = r->probe;
     r->probe = false;
-    if (breaker_failure(&be->breaker, &be->bkcfg, now, probe, backend_reason(why, ms))) {
+    if (breaker_failure(&be->breaker, &be_view(be)->bk, now, probe, backend_reason(why, ms))) {
         char text[200];
         size_t n = backend_why_text(be, backend_reason(why, ms), text, sizeof text);
         LOG_RATELIMITED_BY(&rl, LOG_LEVEL_WARN, "backend failing: circuit open",
-                           LOG_CSTR("backend", be->cfg->name), LOG_STR("why", text, n));
+                           LOG_CSTR("backend", becfg(be)->name), LOG_STR("why", text, n));
     }
-    const struct config_retry *rc = &be->cfg->retry;
+    const struct config_retry *rc = &becfg(be)->retry;
     uint32_t *bank = &w->retry_budget[be->index];
     if (!r->mutating && curable(why) && r->attempts < rc->max && *bank >= RETRY_TOKEN &&
         !w->draining && !(r->c->dead && !r->ticket)) {

@@ -22,6 +22,7 @@ int stress_ring_mpmc_tiny(char *err, size_t errlen);
 int stress_ring_mpmc_single(char *err, size_t errlen);
 
 int stress_pool_one_slot(char *err, size_t errlen);
+int stress_pool_resizing(char *err, size_t errlen);
 int stress_pool_two_slots(char *err, size_t errlen);
 int stress_pool_pingpong(char *err, size_t errlen);
 int stress_pool_waiter_wrap(char *err, size_t errlen);

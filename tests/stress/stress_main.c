@@ -36,6 +36,7 @@ static const struct stress_entry cases[] = {
     {"ring_mpmc_tiny", stress_ring_mpmc_tiny},
     {"ring_mpmc_single", stress_ring_mpmc_single},
     {"pool_one_slot", stress_pool_one_slot},
+    {"pool_resizing", stress_pool_resizing},
     {"pool_two_slots", stress_pool_two_slots},
     {"pool_pingpong", stress_pool_pingpong},
     {"pool_waiter_wrap", stress_pool_waiter_wrap},

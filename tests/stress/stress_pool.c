@@ -102,24 +102,47 @@ static void *hammer(void *p)
     return NULL;
 }
 
-static int run(uint32_t slots, uint32_t max_queue, char *err, size_t errlen)
+/* A reload resizing the pool while it is hammered (pool.h, Resizing):
+ * sizes cycle through 1..slots; retire and revive must never lose a slot
+ * nor hand one out twice. */
+static _Atomic bool resizer_stop;
+
+static void *resizer(void *p)
+{
+    struct pool_stress *ps = p;
+    for (uint32_t i = 0; !atomic_load(&resizer_stop); i++) {
+        pool_resize(&ps->pool, 1 + i % ps->pool.cap);
+        sched_yield();
+    }
+    return NULL;
+}
+
+static int run(uint32_t slots, uint32_t max_queue, bool resize, char *err, size_t errlen)
 {
     static struct pool_stress ps; /* large-ish; one run at a time */
     ps = (struct pool_stress){0};
     for (int i = 0; i < 4; i++)
         atomic_init(&ps.owner[i], -1);
-    if (pool_init(&ps.pool, slots, max_queue, handoff, &ps)) {
+    if (pool_init(&ps.pool, slots, slots, max_queue, handoff, &ps)) {
         snprintf(err, errlen, "pool_init failed");
         return -1;
     }
-    pthread_t th[THREADS];
+    pthread_t th[THREADS], rs;
     struct worker_arg args[THREADS];
+    atomic_store(&resizer_stop, false);
+    if (resize)
+        pthread_create(&rs, NULL, resizer, &ps);
     for (int i = 0; i < THREADS; i++) {
         args[i] = (struct worker_arg){&ps, i};
         pthread_create(&th[i], NULL, hammer, &args[i]);
     }
     for (int i = 0; i < THREADS; i++)
         pthread_join(th[i], NULL);
+    if (resize) {
+        atomic_store(&resizer_stop, true);
+        pthread_join(rs, NULL);
+        pool_resize(&ps.pool, slots); /* every retired slot back */
+    }
     struct pool_stats st;
     pool_stats_read(&ps.pool, &st);
     int rc = 0;
@@ -141,14 +164,19 @@ static int run(uint32_t slots, uint32_t max_queue, char *err, size_t errlen)
     return rc;
 }
 
+int stress_pool_resizing(char *err, size_t errlen)
+{
+    return run(4, THREADS, true, err, errlen);
+}
+
 int stress_pool_one_slot(char *err, size_t errlen)
 {
-    return run(1, 64, err, errlen);
+    return run(1, 64, false, err, errlen);
 }
 
 int stress_pool_two_slots(char *err, size_t errlen)
 {
-    return run(2, 64, err, errlen);
+    return run(2, 64, false, err, errlen);
 }
 
 /*
@@ -203,7 +231,7 @@ int stress_pool_pingpong(char *err, size_t errlen)
     static struct pingpong pp;
     ps = (struct pool_stress){0};
     pp = (struct pingpong){.ps = &ps};
-    if (pool_init(&ps.pool, 1, 4, handoff, &ps)) {
+    if (pool_init(&ps.pool, 1, 1, 4, handoff, &ps)) {
         snprintf(err, errlen, "pool_init failed");
         return -1;
     }
@@ -589,7 +617,7 @@ static int wrap_run(bool abandon, char *err, size_t errlen)
     w->abandon = abandon;
     for (int i = 0; i < WRAP_SLOTS; i++)
         atomic_init(&w->owner[i], -1);
-    bool ok = pool_init(&w->pool, WRAP_SLOTS, WRAP_MAX_QUEUE, wrap_handoff, w) == 0;
+    bool ok = pool_init(&w->pool, WRAP_SLOTS, WRAP_SLOTS, WRAP_MAX_QUEUE, wrap_handoff, w) == 0;
     ok = ok && ring_mpmc_init(&w->stale_slots, WRAP_SLOTS) == 0;
     for (int i = 0; ok && i < WRAP_THREADS; i++)
         ok = (w->seen[i] = calloc(WRAP_ROUNDS, 1)) != NULL;
