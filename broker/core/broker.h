@@ -141,6 +141,7 @@ struct broker {
     _Atomic uint32_t nclients; /* connected clients, for max_clients */
     _Atomic uint32_t inflight; /* requests in flight, for rate_limit.max_inflight */
     _Atomic uint64_t rate_limited; /* request lines refused by a client's token bucket */
+    _Atomic uint64_t peers_refused; /* connections refused by allow_uids / allow_gids (peer.c) */
     _Atomic bool stopping;
     _Atomic bool accepting; /* false once draining (SIGUSR1, admin drain) or stopping */
     /* The response cache (NULL: off) in its own jemalloc arena, and the

@@ -38,6 +38,7 @@
 #include "admin.h"
 #include "broker.h"
 #include "log.h"
+#include "peer.h"
 
 #define UDL_ACCEPT  1
 #define UDL_SIGNAL  2
@@ -292,6 +293,8 @@ struct listener {
 static void on_accept(struct listener *l, int fd)
 {
     struct broker *b = l->b;
+    if (!peer_admit(b, fd, "listen"))
+        return;
     if (fd_budget_read(b, &l->fds))
         fd_budget_log(b, &l->fds, false);
     uint32_t n = atomic_fetch_add_explicit(&b->nclients, 1, memory_order_relaxed);

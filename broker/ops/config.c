@@ -296,10 +296,12 @@ static const struct config_key top_keys[] = {
      .help = "Mode of the client socket file, an octal string: 0600 plus optional group bits "
              "(other users are never allowed)."},
     K_IDS(TOP, "allow_uids", R, allow_uids,
-          "Peer uids (SO_PEERCRED) allowed on the client socket. With allow_gids also [], "
-          "only the broker's own uid may connect."),
+          "Peer uids (SO_PEERCRED, checked at accept on every listening socket) allowed "
+          "besides root and the broker's own uid, which always are. A refused peer gets one "
+          "forbidden line and is closed."),
     K_IDS(TOP, "allow_gids", R, allow_gids,
-          "Peer gids allowed on the client socket (a peer matching either list is allowed)."),
+          "Peer (primary) gids allowed on every listening socket; a peer matching either "
+          "list is allowed."),
     K_STR(TOP, "admin_listen", 0, admin_listen, "broker.admin.sock", check_socket_path,
           "Admin socket path (mode 0600, owner only); must differ from listen."),
     K_ADDR(TOP, "compat_listen", CONFIG_T_ADDRESS_OPT, 0, compat_listen, NULL,

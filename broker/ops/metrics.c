@@ -177,6 +177,10 @@ char *metrics_text(struct broker *b, size_t *len)
     family(&o, "brokerd_rate_limited_total", "counter",
            "Request lines refused by their client's token bucket.");
     sample_u(&o, "brokerd_rate_limited_total", " %llu", ATOM(b->rate_limited));
+    family(&o, "brokerd_peers_refused_total", "counter",
+           "Connections refused at accept: peer not root, not the broker's uid, not in "
+           "allow_uids/allow_gids.");
+    sample_u(&o, "brokerd_peers_refused_total", " %llu", ATOM(b->peers_refused));
 
     per_backend_counter(&o, b, "brokerd_backend_ok_total",
                         "Success answers (cached, stale and coalesced ones included).",

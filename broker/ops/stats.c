@@ -108,6 +108,7 @@ json_t *stats_json(struct broker *b)
     json_object_set_new(o, "answers_error", u64(err));
     json_object_set_new(o, "errors", errors);
     json_object_set_new(o, "rate_limited", u64(LD(b->rate_limited)));
+    json_object_set_new(o, "peers_refused", u64(LD(b->peers_refused)));
     json_object_set_new(o, "backends", backends);
     return o;
 }
