@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Deployment: systemd socket activation and readiness, and the HTTP metrics
-endpoint, against the real brokerd.
+"""Deployment: systemd socket activation and readiness, the HTTP metrics
+endpoint, and the installed tree, against the real brokerd.
 
   activation_by_path             inherited client and admin sockets matched by path; served; not unlinked
   activation_by_name             LISTEN_FDNAMES wins over paths; a socket brokerd binds itself is still its own
@@ -10,6 +10,7 @@ endpoint, against the real brokerd.
   metrics_http_serves            GET /metrics (urllib, strict parse), HEAD, 404, 405, 400, 431
   metrics_http_slow_clients      silent clients get 408 after the timeout and block neither scrapes nor the admin socket
   metrics_http_activated         a TCP socket passed as "metrics" is served; metrics_listen must be host:port
+  install_tree                   cmake --install: binaries run, example config loads, man pages, units verify
 
 Usage: test_deploy.py --bin BUILD/bin [-k NAME] [--keep] [-v]
 """
@@ -369,6 +370,53 @@ def metrics_http_activated(env):
                        capture_output=True, text=True, timeout=t(10))
     assert p.returncode == 2 and "metrics_listen" in p.stderr and "host:port" in p.stderr, \
         (p.returncode, p.stderr)
+
+
+@case
+def install_tree(env):
+    """cmake --install into a temp prefix: every file in place, the installed
+    brokerd runs and accepts the installed example config, the man pages
+    format without a warning, the units pass systemd-analyze verify."""
+    build = os.path.dirname(env.bindir)
+    prefix = os.path.join(env.tmp, "prefix")
+    p = subprocess.run(["cmake", "--install", build, "--prefix", prefix], capture_output=True,
+                       text=True, timeout=t(120))
+    assert p.returncode == 0, p.stdout + p.stderr
+    want = ["bin/brokerd", "bin/brokerctl", "lib/systemd/system/brokerd.service",
+            "lib/systemd/system/brokerd.socket", "lib/systemd/system/brokerd-admin.socket",
+            "lib/sysusers.d/brokerd.conf", "share/doc/brokerd/brokerd.example.json",
+            "etc/brokerd/brokerd.json", "share/man/man8/brokerd.8", "share/man/man1/brokerctl.1"]
+    missing = [w for w in want if not os.path.isfile(os.path.join(prefix, w))]
+    assert not missing, "not installed: %s" % missing
+    brokerd = os.path.join(prefix, "bin", "brokerd")
+    p = subprocess.run([brokerd, "--version"], capture_output=True, text=True, timeout=t(10))
+    assert p.returncode == 0 and p.stdout.startswith("brokerd "), (p.returncode, p.stdout)
+    p = subprocess.run([os.path.join(prefix, "bin", "brokerctl"), "--help"],
+                       capture_output=True, text=True, timeout=t(10))
+    assert p.returncode == 0, p.stderr
+    for cfg in ("share/doc/brokerd/brokerd.example.json", "etc/brokerd/brokerd.json"):
+        p = subprocess.run([brokerd, "--config", os.path.join(prefix, cfg), "--check-config"],
+                           capture_output=True, text=True, timeout=t(10))
+        assert p.returncode == 0 and "is valid" in p.stdout, (cfg, p.stdout, p.stderr)
+    unitdir = os.path.join(prefix, "lib", "systemd", "system")
+    with open(os.path.join(unitdir, "brokerd.service")) as f:
+        svc = f.read()
+    assert "ExecStart=%s --config %s" % (brokerd, os.path.join(prefix, "etc/brokerd/brokerd.json")) \
+        in svc, "ExecStart does not name the installed binary and config:\n" + svc
+    for page in ("share/man/man8/brokerd.8", "share/man/man1/brokerctl.1"):
+        p = subprocess.run(["groff", "-man", "-ww", "-z", os.path.join(prefix, page)],
+                           capture_output=True, text=True, timeout=t(20))
+        assert p.returncode == 0 and p.stderr == "", "%s: %s" % (page, p.stderr)
+        p = subprocess.run(["man", "--warnings", "-l", os.path.join(prefix, page)],
+                           capture_output=True, text=True, timeout=t(20),
+                           env=dict(os.environ, MANPAGER="cat", MANWIDTH="80"))
+        assert p.returncode == 0 and p.stderr == "", "%s: %s" % (page, p.stderr)
+    units = [os.path.join(unitdir, u) for u in ("brokerd.service", "brokerd.socket",
+                                                 "brokerd-admin.socket")]
+    p = subprocess.run(["systemd-analyze", "verify", "--man=no", *units], capture_output=True,
+                       text=True, timeout=t(60), env=dict(os.environ, SYSTEMD_LOG_COLOR="0"))
+    problems = [ln for ln in (p.stdout + p.stderr).splitlines() if ln.strip()]
+    assert p.returncode == 0 and not problems, "systemd-analyze verify:\n" + "\n".join(problems)
 
 
 if __name__ == "__main__":
