@@ -2,13 +2,15 @@
 # Install the Debian packages brokerd needs; idempotent (does nothing, and
 # touches no network, when everything is already installed).
 # Usage: scripts/deps.sh [build|test|perf]   (test adds what the test suites
-# need; perf adds haproxy, the control in perf/broker_vs_direct.py)
+# need, among them the man page and unit checkers; perf adds haproxy, the control in perf/broker_vs_direct.py)
 set -euo pipefail
 want=(build-essential cmake pkg-config liburing-dev libjemalloc-dev libjansson-dev
       libxxhash-dev libck-dev libcriterion-dev python3 socat)
 case "${1:-build}" in
   build) ;;
-  test) want+=(clang libclang-rt-14-dev valgrind) ;;
+  # groff-base, man-db: the man pages are checked; systemd: systemd-analyze
+  # verify checks the units (nothing is started: it only parses them)
+  test) want+=(clang libclang-rt-14-dev valgrind groff-base man-db systemd) ;;
   perf) want+=(haproxy) ;;
   *) echo "usage: scripts/deps.sh [build|test|perf]" >&2; exit 2 ;;
 esac

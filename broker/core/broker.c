@@ -34,6 +34,8 @@
 #include "admin.h"
 #include "broker.h"
 #include "log.h"
+#include "metrics_http.h"
+#include "sdlisten.h"
 
 #define LISTEN_BACKLOG 4096
 
@@ -190,9 +192,11 @@ static int cache_setup(struct broker *b, char *err, size_t errlen)
 
 /* Bind a Unix socket (the client's or the admin's: `key` names its
  * configuration key in errors) with its mode from the start (umask around
- * bind), replacing a stale file only when no broker answers on it. */
-static int listen_unix(const char *key, const char *path, mode_t mode, int *fd_out,
-                       char *err, size_t errlen)
+ * bind), replacing a stale file only when no broker answers on it. A socket
+ * systemd passed for it (sdlisten.h: by `name` or by path) is taken instead;
+ * *created then stays false, as its file is not ours to unlink. */
+static int listen_unix(struct sdlisten *sl, const char *name, const char *key, const char *path,
+                       mode_t mode, int *fd_out, bool *created, char *err, size_t errlen)
 {
     struct sockaddr_un un = {.sun_family = AF_UNIX};
     size_t n = strlen(path);
@@ -202,7 +206,17 @@ static int listen_unix(const char *key, const char *path, mode_t mode, int *fd_o
         return -ENAMETOOLONG;
     }
     memcpy(un.sun_path, path, n + 1);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    *created = false;
+    int fd = sdlisten_take(sl, name, key, (struct sockaddr *)&un, sizeof un, err, errlen);
+    if (fd >= 0) {
+        log_write(LOG_LEVEL_INFO, "using the socket systemd passed", LOG_CSTR("key", key),
+                  LOG_CSTR("path", path), LOG_INT("fd", fd));
+        *fd_out = fd;
+        return 0;
+    }
+    if (fd != -ENOENT)
+        return fd;
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         snprintf(err, errlen, "socket: %s", strerror(errno));
         return -errno;
@@ -250,6 +264,7 @@ static int listen_unix(const char *key, const char *path, mode_t mode, int *fd_o
         return -e;
     }
     *fd_out = fd;
+    *created = true;
     return 0;
 }
 
@@ -263,6 +278,8 @@ int broker_create(struct broker **out, struct broker_config *cfg, char *err, siz
     }
     b->listen_fd = -1;
     b->admin_fd = -1;
+    b->metrics_fd = -1;
+    struct sdlisten sl = {.n = 0};
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     b->started_ms = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
@@ -298,19 +315,27 @@ int broker_create(struct broker **out, struct broker_config *cfg, char *err, siz
         }
     if ((rc = cache_setup(b, err, errlen)) < 0)
         goto err;
-    if ((rc = listen_unix("listen", b->listen_path, bcfg(b)->listen_mode, &b->listen_fd, err,
-                          errlen)) < 0)
+    /* Sockets systemd passed (none without socket activation); each
+     * listener below takes its own, and one nobody takes stops the start. */
+    if ((rc = sdlisten_collect(&sl, err, errlen)) < 0)
         goto err;
-    b->listen_unlink = true;
+    if ((rc = listen_unix(&sl, "client", "listen", b->listen_path, bcfg(b)->listen_mode,
+                          &b->listen_fd, &b->listen_unlink, err, errlen)) < 0)
+        goto err;
     atomic_init(&b->accepting, true);
     /* The admin socket: owner only, whatever listen_mode allows. */
-    if ((rc = listen_unix("admin_listen", b->admin_path, 0600, &b->admin_fd, err,
-                          errlen)) < 0)
+    if ((rc = listen_unix(&sl, "admin", "admin_listen", b->admin_path, 0600, &b->admin_fd,
+                          &b->admin_unlink, err, errlen)) < 0)
         goto err;
-    b->admin_unlink = true;
+    if (bcfg(b)->metrics_listen.kind != CONFIG_ADDR_NONE &&
+        (rc = metrics_http_listen(&bcfg(b)->metrics_listen, &sl, &b->metrics_fd, err, errlen)) < 0)
+        goto err;
+    if ((rc = sdlisten_finish(&sl, err, errlen)) < 0)
+        goto err;
     *out = b;
     return 0;
 err:
+    sdlisten_close(&sl);
     if (err[0] == '\0')
         snprintf(err, errlen, "%s", strerror(-rc));
     broker_free(b);
@@ -342,6 +367,9 @@ void broker_free(struct broker *b)
         close(b->admin_fd);
     if (b->admin_unlink)
         unlink(b->admin_path);
+    metrics_http_stop(b->metrics); /* normally stopped by broker_run already */
+    if (b->metrics_fd >= 0)
+        close(b->metrics_fd);
     cache_free(b->cache);
     if (b->cache_arena_ok)
         arena_destroy(b->cache_arena);

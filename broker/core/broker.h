@@ -46,6 +46,7 @@
 #include "ring_spsc.h"
 
 struct worker;
+struct metrics_http;
 
 /* Per-slot backend connection state (pool_slot.ctx). Owned by the slot's
  * holder; `ops` counts the send/recv/connect operations in flight, and the
@@ -159,6 +160,8 @@ struct broker {
     struct admin *admin;  /* the admin socket's thread (admin.c) while it runs */
     int admin_fd;         /* the admin socket (admin_listen), listening */
     bool admin_unlink;    /* we created its file */
+    int metrics_fd;       /* metrics_listen, listening; -1 when off */
+    struct metrics_http *metrics; /* its thread (metrics_http.c) while it runs */
 };
 
 /* Message kinds posted to a worker's ring with IORING_OP_MSG_RING. */

@@ -39,6 +39,8 @@
 #include "broker.h"
 #include "log.h"
 #include "peer.h"
+#include "metrics_http.h"
+#include "sdnotify.h"
 
 #define UDL_ACCEPT  1
 #define UDL_SIGNAL  2
@@ -121,6 +123,7 @@ static void refuse_client(int fd, const char *why)
  *   + 1 + nworkers       the listener's and every worker's io_uring
  *   + 1                  struct fd_reserve below
  *   + 2                  the admin and compat listeners (coming)
+ *   + 1 + its clients    metrics_listen, when on (metrics_http.h)
  *   + FD_MARGIN          what is open only for an instant
  *
  * Clients get room = limit - kept, at most max_clients. A limit that leaves
@@ -139,6 +142,8 @@ struct fd_budget {
 static uint64_t fd_kept(const struct broker *b)
 {
     uint64_t n = 3 + 1 + 1 + 1 + (uint64_t)b->nworkers + 1 + 2 + FD_MARGIN;
+    if (b->metrics_fd >= 0)
+        n += 1 + METRICS_HTTP_CLIENTS;
     uint32_t nb = broker_nbackends(b); /* removed ones too: they may still hold connections */
     for (uint32_t i = 0; i < nb; i++)
         n += (uint64_t)pool_size(&b->backends[i].pool) + 1;
@@ -484,6 +489,15 @@ static void log_cache_figures(struct broker *b)
               LOG_UINT("stale_sets", st.stale_sets), LOG_UINT("max_bytes", st.max_bytes));
 }
 
+/* systemd's Type=notify (sdnotify.h); a failure is logged, not fatal. */
+static void notify(const char *state)
+{
+    int rc = sdnotify(state);
+    if (rc < 0)
+        log_write(LOG_LEVEL_WARN, "cannot notify systemd (NOTIFY_SOCKET)", LOG_CSTR("state", state),
+                  LOG_ERRNO(-rc));
+}
+
 int broker_run(struct broker *b)
 {
     sigset_t mask;
@@ -515,6 +529,9 @@ int broker_run(struct broker *b)
     struct listener l = {.b = b, .ring = &ring, .sfd = sfd, .reserve = {-1}};
     if (started == b->nworkers && (rc = admin_start(b, b->admin_fd, &b->admin)) < 0)
         log_write(LOG_LEVEL_ERROR, "cannot start the admin socket's thread", LOG_ERRNO(rc));
+    if (started == b->nworkers && rc == 0 && b->metrics_fd >= 0 &&
+        (rc = metrics_http_start(b, b->metrics_fd, &b->metrics)) < 0)
+        log_write(LOG_LEVEL_ERROR, "cannot start the metrics endpoint's thread", LOG_ERRNO(rc));
     if (started == b->nworkers && rc == 0) {
         pthread_rwlock_rdlock(&b->cfg_lock);
         fd_budget_init(b, &l.fds);
@@ -524,6 +541,7 @@ int broker_run(struct broker *b)
                   LOG_UINT("client_cap", fd_cap(b, &l.fds)), LOG_UINT("nofile", l.fds.limit),
                   LOG_UINT("fds_kept", l.fds.kept));
         pthread_rwlock_unlock(&b->cfg_lock);
+        notify("READY=1");
         rc = listener_loop(&l);
         if (l.reserve.fd >= 0)
             close(l.reserve.fd);
@@ -531,6 +549,7 @@ int broker_run(struct broker *b)
     /* Stop accepting first: the accepts are cancelled and the socket file
      * is removed, so new clients fail fast instead of queueing. */
     atomic_store_explicit(&b->stopping, true, memory_order_relaxed);
+    notify("STOPPING=1");
     stop_accepting(&l, NULL);
     /* Before the messages: a worker reads it once it has drained. */
     atomic_store_explicit(&b->nstarted, started, memory_order_release);
@@ -542,6 +561,8 @@ int broker_run(struct broker *b)
     /* The admin socket answers until here (stats of a draining broker). */
     admin_stop(b->admin);
     b->admin = NULL;
+    metrics_http_stop(b->metrics);
+    b->metrics = NULL;
     if (b->admin_unlink) {
         unlink(b->admin_path);
         b->admin_unlink = false;

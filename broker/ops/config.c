@@ -307,6 +307,10 @@ static const struct config_key top_keys[] = {
     K_ADDR(TOP, "compat_listen", CONFIG_T_ADDRESS_OPT, 0, compat_listen, NULL,
            "Blender-compatible listener: null (off), \"host:port\" or a socket path "
            "(\"unix:PATH\" or starting with '/')."),
+    K_ADDR(TOP, "metrics_listen", CONFIG_T_ADDRESS_OPT, CONFIG_F_EXTRA, metrics_listen, NULL,
+           "HTTP endpoint for Prometheus (GET /metrics, the admin metrics text): null (off) or "
+           "\"host:port\". No authentication and no TLS: bind it to loopback or a private "
+           "network."),
     K_U32(TOP, "workers", 0, workers, 0, 0, 256,
           "Worker threads, one io_uring each; 0 = number of online CPUs."),
     K_U32(TOP, "max_clients", R, max_clients, 10000, 1, 1000000,
@@ -1096,6 +1100,9 @@ static int check_cross(struct pctx *c, const struct broker_config *cfg)
          strcmp(cfg->compat_listen.path, cfg->admin_listen) == 0))
         return fail(c, "compat_listen", "\"%s\" is already the client or admin socket",
                     cfg->compat_listen.path);
+    if (cfg->metrics_listen.kind == CONFIG_ADDR_UNIX)
+        return fail(c, "metrics_listen", "must be \"host:port\" (HTTP over TCP), not a socket "
+                    "path");
     return 0;
 }
 

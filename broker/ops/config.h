@@ -151,6 +151,7 @@ struct broker_config {
     struct config_idlist allow_gids;
     char *admin_listen;
     struct config_address compat_listen; /* kind NONE when null */
+    struct config_address metrics_listen; /* extra key; TCP, kind NONE when null */
     uint32_t workers;                    /* 0 = online CPUs */
     uint32_t max_clients;
     uint64_t max_request_bytes;

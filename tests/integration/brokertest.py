@@ -75,7 +75,7 @@ class Proc:
     """A child process with stdout and stderr in files (it can never block on
     a full pipe)."""
 
-    def __init__(self, env, name, argv):
+    def __init__(self, env, name, argv, popen_kw=None):
         self.env = env
         self.name = name
         self.argv = argv
@@ -84,7 +84,7 @@ class Proc:
         self._out = open(self.out_path, "wb")
         self._err = open(self.err_path, "wb")
         self.proc = subprocess.Popen(argv, stdout=self._out, stderr=self._err,
-                                     stdin=subprocess.DEVNULL)
+                                     stdin=subprocess.DEVNULL, **(popen_kw or {}))
         self.pid = self.proc.pid
         self.rc = None
         self.killed = False
@@ -243,7 +243,7 @@ def broker_config(env, backends=None, **kw):
 
 
 class Broker(Proc):
-    def __init__(self, env, cfg=None, name=None, wait_ready=True, args=()):
+    def __init__(self, env, cfg=None, name=None, wait_ready=True, args=(), popen_kw=None):
         self.cfg = cfg if cfg is not None else broker_config(env)
         self.path = self.cfg.get("listen")
         name = name or "brokerd-%d" % len(env.procs)
@@ -251,7 +251,7 @@ class Broker(Proc):
         with open(self.config_path, "w") as f:
             json.dump(self.cfg, f, indent=1)
         super().__init__(env, name, [os.path.join(env.bindir, "brokerd"), "--config",
-                                     self.config_path, *args])
+                                     self.config_path, *args], popen_kw=popen_kw)
         self.expect_exit0 = True
         if wait_ready:
             self._wait_ready()

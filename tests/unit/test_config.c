@@ -206,8 +206,8 @@ Test(config, table_is_well_formed)
             extras++;
     }
     /* max_client_output_bytes, cache.max_object_bytes, cache.memory_watermark_bytes,
-     * cache.serve_stale_ms, backends[].queue_order */
-    cr_expect_eq(extras, 5);
+     * cache.serve_stale_ms, backends[].queue_order, metrics_listen */
+    cr_expect_eq(extras, 6);
 }
 
 /* --- loading ----------------------------------------------------------- */
@@ -833,4 +833,23 @@ Test(config, reference_md_is_current)
                      path);
     free(have);
     free(want);
+}
+
+Test(config, metrics_listen)
+{
+    struct broker_config cur, next;
+
+    cr_assert_eq(config_init_defaults(&cur), 0);
+    cr_expect_eq(cur.metrics_listen.kind, CONFIG_ADDR_NONE, "off by default");
+    cr_assert_eq(config_init_defaults(&next), 0);
+    cr_assert_eq(load_text(&next, "{\"metrics_listen\": \"127.0.0.1:9464\"}"), 0, "%s", err);
+    cr_expect_eq(next.metrics_listen.kind, CONFIG_ADDR_TCP);
+    cr_expect_eq(next.metrics_listen.port, 9464);
+    cr_expect_eq(config_check_reload(&cur, &next, err, sizeof(err)), -EINVAL);
+    cr_expect(strstr(err, "metrics_listen: changed") == err, "%s", err);
+    cr_assert_eq(load_text(&next, "{\"metrics_listen\": \"[::1]:9464\"}"), 0, "%s", err);
+    config_destroy(&cur);
+    config_destroy(&next);
+    expect_error("{\"metrics_listen\": \"unix:/run/m.sock\"}", "metrics_listen", "host:port");
+    expect_error("{\"metrics_listen\": \"127.0.0.1\"}", "metrics_listen", "port");
 }
