@@ -13,6 +13,8 @@ against the real brokerd and mockd, while clients stay connected.
   address_change_moves_backend      a new address: the next requests go there, the old
                                     connections close
   removed_and_readded_backend       a name that comes back works again, counters kept
+  brokerctl_reload                  brokerctl reload: table or --json on success, exit 1 and
+                                    the reason on a refused file
 
 Usage: test_reload.py --bin BUILD/bin [-k NAME] [--keep] [-v]
 """
@@ -259,6 +261,23 @@ def removed_and_readded_backend(env):
     stats = admin(b, "stats")["result"]
     assert stats["backends"]["beta"]["ok"] == 2, short(stats["backends"]["beta"])
     c.close()
+
+
+@case
+def brokerctl_reload(env):
+    import subprocess
+    env.mockd()
+    b = env.broker()
+    ctl = [os.path.join(env.bindir, "brokerctl"), "--socket", b.cfg["admin_listen"]]
+    r = subprocess.run(ctl + ["reload"], capture_output=True, text=True, timeout=t(20))
+    assert r.returncode == 0, r
+    assert "generation" in r.stdout and "configuration reloaded" in r.stdout, r.stdout
+    r = subprocess.run(ctl + ["--json", "reload"], capture_output=True, text=True, timeout=t(20))
+    assert r.returncode == 0 and json.loads(r.stdout)["generation"] == 3, r
+    rewrite(b, dict(b.cfg, workers=1))
+    r = subprocess.run(ctl + ["reload"], capture_output=True, text=True, timeout=t(20))
+    assert r.returncode == 1, r
+    assert "workers: changed, but it cannot be reloaded" in r.stderr, r.stderr
 
 
 if __name__ == "__main__":
