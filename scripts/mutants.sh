@@ -401,7 +401,7 @@ run_tests() {
         sel+=(-E "^($(tr ' ,' '||' <<<"$exclude" | sed 's/||*/|/g; s/^|//; s/|$//'))\$")
     fi
     rm -rf "$work/tmp" && mkdir -p "$work/tmp" # the tests' temp dirs, cleared per run
-    TMPDIR=$work/tmp TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
+    TMPDIR=$work/tmp TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$root/tests/tsan.supp" \
         run_limited "$secs" "$log" ctest --test-dir "$dir" --output-on-failure "${sel[@]}"
 }
 

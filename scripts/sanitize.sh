@@ -22,8 +22,8 @@ case $kind in
     export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
     ctest --output-on-failure -L 'unit|integration' ;;
   thread)
-    # No suppressions: every report so far was in our code.
-    export TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1"
+    # One suppression, for jemalloc's uninstrumented internals (see the file).
+    export TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$PWD/../tests/tsan.supp"
     ctest --output-on-failure -L 'concurrency|integration' ;;
   *) echo "sanitize.sh: unknown kind '$kind' (address|thread)" >&2; exit 2 ;;
 esac
