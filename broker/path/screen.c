@@ -216,7 +216,7 @@ static const struct word words[] = {
     {"eval", 4, 0, R_EVAL_EXEC, R_EVAL_EXEC, R_EVAL_EXEC, C_NONE, M_NONE, 0, false},
     {"exec", 4, 0, R_EVAL_EXEC, R_EVAL_EXEC, R_EVAL_EXEC, C_NONE, M_NONE, 0, false},
     W_DOOR("compile", R_EVAL_EXEC), /* .compile is re.compile: bare only */
-    W_DOOR("execfile", R_EVAL_EXEC),
+    {"execfile", 8, 0, R_EVAL_EXEC, R_BLENDER_RUN, R_EVAL_EXEC, C_NONE, M_NONE, 0, false},
     W_DOOR("globals", R_NAMESPACE),
     W_DOOR("locals", R_NAMESPACE),
     W_DOOR("vars", R_NAMESPACE),
@@ -357,6 +357,7 @@ static const char *const strict_openers[] = {"io", "codecs", "gzip", "bz2", "lzm
 /* Open addressing, built once; read-only afterwards. */
 #define WORD_SLOTS 512
 static uint16_t word_slot[WORD_SLOTS]; /* index + 1, 0 = empty */
+static uint64_t word_lens[128];        /* by first character: lengths present */
 static pthread_once_t word_once = PTHREAD_ONCE_INIT;
 
 static uint32_t name_hash(const char *s, size_t n)
@@ -370,6 +371,7 @@ static uint32_t name_hash(const char *s, size_t n)
 static void words_build(void)
 {
     for (size_t i = 0; i < sizeof words / sizeof words[0]; i++) {
+        word_lens[(unsigned char)words[i].name[0] & 0x7F] |= 1ull << words[i].len;
         uint32_t h = name_hash(words[i].name, words[i].len) & (WORD_SLOTS - 1);
         while (word_slot[h])
             h = (h + 1) & (WORD_SLOTS - 1);
@@ -379,7 +381,7 @@ static void words_build(void)
 
 static const struct word *word_find(const char *s, size_t n)
 {
-    if (n < 2 || n > 32)
+    if (n < 2 || n > 32 || !(word_lens[(unsigned char)s[0] & 0x7F] >> n & 1))
         return NULL;
     uint32_t h = name_hash(s, n) & (WORD_SLOTS - 1);
     for (; word_slot[h]; h = (h + 1) & (WORD_SLOTS - 1)) {
@@ -507,10 +509,14 @@ static int json_decode(const unsigned char *s, size_t len, unsigned char *out, s
             err = "holds a raw control character";
             goto bad;
         }
-        if (c < 0x80 && c != '\\') {
+        if (c < 0x80 && c != '\\') { /* a run of plain bytes */
+            size_t j = i + 1;
+            while (j < len && s[j] >= 0x20 && s[j] < 0x80 && s[j] != '"' && s[j] != '\\')
+                j++;
             if (out)
-                out[o] = (unsigned char)c;
-            o++, i++;
+                memcpy(out + o, s + i, j - i);
+            o += j - i;
+            i = j;
             continue;
         }
         if (c >= 0x80) {
@@ -531,11 +537,16 @@ static int json_decode(const unsigned char *s, size_t len, unsigned char *out, s
         }
         unsigned e = s[i + 1];
         uint32_t cp;
-        static const char simple_in[] = "\"\\/bfnrt", simple_out[] = "\"\\/\b\f\n\r\t";
-        const char *k = e ? strchr(simple_in, (int)e) : NULL;
-        if (k) {
+        int simple = e == '"' || e == '\\' || e == '/' ? (int)e
+                     : e == 'b'                          ? '\b'
+                     : e == 'f'                          ? '\f'
+                     : e == 'n'                          ? '\n'
+                     : e == 'r'                          ? '\r'
+                     : e == 't'                          ? '\t'
+                                                         : -1;
+        if (simple >= 0) {
             if (out)
-                out[o] = (unsigned char)simple_out[k - simple_in];
+                out[o] = (unsigned char)simple;
             o++, i += 2;
             continue;
         }
@@ -995,9 +1006,12 @@ static bool lex_name(struct lexer *lx, struct tok *t)
         if (c < 0x80) {
             if (!is_name_ascii(c))
                 break;
-            one[0] = (char)c;
-            one[1] = '\0';
+            if (t->len < TOK_NAME_MAX)
+                t->text[t->len++] = (char)c;
+            else
+                t->flags |= TF_LONG;
             lx->i++;
+            continue;
         } else {
             size_t n;
             uint32_t cp = utf8_get(lx->s + lx->i, &n);
@@ -1032,30 +1046,51 @@ static void set_op(struct tok *t, const char *op, size_t n)
 
 static void lex_op(struct lexer *lx, struct tok *t)
 {
-    static const char *const ops3[] = {"**=", "//=", ">>=", "<<=", "..."};
-    static const char *const ops2[] = {"==", "!=", "<=", ">=", "+=", "-=", "*=", "/=", "%=", "&=",
-                                       "|=", "^=", "@=", ":=", "->", "**", "//", "<<", ">>"};
-    const unsigned char *p = lx->s + lx->i;
-    size_t left = lx->n - lx->i;
-    for (size_t k = 0; k < sizeof ops3 / sizeof ops3[0]; k++)
-        if (left >= 3 && memcmp(p, ops3[k], 3) == 0) {
-            set_op(t, ops3[k], 3);
-            lx->i += 3;
-            return;
-        }
-    for (size_t k = 0; k < sizeof ops2 / sizeof ops2[0]; k++)
-        if (left >= 2 && memcmp(p, ops2[k], 2) == 0) {
-            set_op(t, ops2[k], 2);
-            lx->i += 2;
-            return;
-        }
-    char c = (char)p[0];
-    set_op(t, &c, 1);
-    lx->i++;
-    if (c == '(' || c == '[' || c == '{')
+    unsigned c = lx->s[lx->i], c1 = at(lx, lx->i + 1), c2 = at(lx, lx->i + 2);
+    size_t n = 1;
+    switch (c) {
+    case '(':
+    case '[':
+    case '{':
         lx->depth++;
-    else if ((c == ')' || c == ']' || c == '}') && lx->depth > 0)
-        lx->depth--;
+        break;
+    case ')':
+    case ']':
+    case '}':
+        if (lx->depth > 0)
+            lx->depth--;
+        break;
+    case '.':
+        n = c1 == '.' && c2 == '.' ? 3 : 1;
+        break;
+    case '*':
+    case '/':
+    case '<':
+    case '>': /* ** // << >> and their augmented forms; <= >= */
+        if (c1 == c)
+            n = c2 == '=' ? 3 : 2;
+        else if (c1 == '=')
+            n = 2;
+        break;
+    case '-':
+        n = c1 == '=' || c1 == '>' ? 2 : 1;
+        break;
+    case '=':
+    case '!':
+    case '+':
+    case '%':
+    case '&':
+    case '|':
+    case '^':
+    case '@':
+    case ':':
+        n = c1 == '=' ? 2 : 1;
+        break;
+    default:
+        break;
+    }
+    set_op(t, (const char *)lx->s + lx->i, n);
+    lx->i += n;
 }
 
 static struct ctx *ctx_top(struct lexer *lx)
@@ -1165,7 +1200,8 @@ static void lex_next(struct lexer *lx, struct tok *t)
             t->len = 0;
             continue;
         }
-        skip_space(lx, false);
+        if (lx->i < lx->n && (lx->s[lx->i] <= ' ' || lx->s[lx->i] == '#' || lx->s[lx->i] == '\\'))
+            skip_space(lx, false);
         t->line = lx->line;
         if (lx->i >= lx->n)
             return;
@@ -1199,7 +1235,10 @@ static void lex_next(struct lexer *lx, struct tok *t)
                 t->kind = T_NUM;
                 return;
             }
-            struct prefix p = string_prefix(lx, lx->i);
+            struct prefix p = {0};
+            unsigned lc = ch | 0x20;
+            if (lc == 'r' || lc == 'b' || lc == 'u' || lc == 'f' || lc == 't')
+                p = string_prefix(lx, lx->i);
             if (p.ok && p.len) {
                 lex_string(lx, t, p);
                 return;
@@ -1278,14 +1317,13 @@ __attribute__((format(printf, 4, 5))) static void refuse(struct screen *sc, uint
     va_end(ap);
 }
 
-static inline bool is_op(const struct tok *t, const char *op)
-{
-    return t->kind == T_OP && strcmp(t->text, op) == 0;
-}
+/* op and name are string literals: the compiler folds the length */
+#define is_op(t, op)     tok_is((t), T_OP, (op), sizeof(op) - 1)
+#define is_name(t, name) tok_is((t), T_NAME, (name), sizeof(name) - 1)
 
-static inline bool is_name(const struct tok *t, const char *name)
+static inline bool tok_is(const struct tok *t, uint8_t kind, const char *s, size_t n)
 {
-    return t->kind == T_NAME && strcmp(t->text, name) == 0;
+    return t->kind == kind && t->len == n && memcmp(t->text, s, n) == 0;
 }
 
 static const struct word *tok_word(const struct tok *t)
@@ -1483,13 +1521,13 @@ static void import_name(struct screen *sc, const struct tok *t, const struct wor
         refuse(sc, w->any, t->line, "imports %s", w->name);
     switch (sc->imp) {
     case FROM_PATH:
-        if (strcmp(t->text, "import") == 0) {
+        if (is_name(t, "import")) {
             sc->imp = FROM_NAMES;
             return;
         }
         /* fall through */
     case IMP_PATH:
-        if (strcmp(t->text, "as") == 0 && sc->imp == IMP_PATH) {
+        if (is_name(t, "as") && sc->imp == IMP_PATH) {
             sc->imp = IMP_AS;
             return;
         }
@@ -1510,7 +1548,7 @@ static void import_name(struct screen *sc, const struct tok *t, const struct wor
                    sc->path0->name);
         return;
     case FROM_NAMES:
-        if (strcmp(t->text, "as") == 0) {
+        if (is_name(t, "as")) {
             sc->imp = FROM_AS;
             return;
         }
@@ -1545,13 +1583,13 @@ static void step_name(struct screen *sc, const struct tok *t)
         import_name(sc, t, w);
         return;
     }
-    if (strcmp(t->text, "import") == 0) {
+    if (is_name(t, "import")) {
         sc->imp = IMP_PATH;
         sc->pathn = 0;
         sc->path0 = NULL;
         return;
     }
-    if (strcmp(t->text, "from") == 0 && sc->stmt_start) {
+    if (is_name(t, "from") && sc->stmt_start) {
         sc->imp = FROM_PATH;
         sc->pathn = 0;
         sc->path0 = NULL;
@@ -1564,16 +1602,17 @@ static void step_name(struct screen *sc, const struct tok *t)
         sc->chain_len = 1;
         sc->head = w;
     }
+    if (attr && sc->chain_len == 2 && head && head->mod == M_ATTRS &&
+        !(t->flags & (TF_LONG | TF_NONASCII))) {
+        uint8_t r = mod_attr_rule(head->name, t->text, t->len);
+        if (r)
+            refuse(sc, r, t->line, "uses %s.%s", head->name, t->text);
+    }
     if (!w)
         return;
     if (w->any)
         refuse(sc, w->any, t->line, "uses %s", w->name);
     if (attr) {
-        if (sc->chain_len == 2 && head && head->mod == M_ATTRS) {
-            uint8_t r = mod_attr_rule(head->name, t->text, t->len);
-            if (r)
-                refuse(sc, r, t->line, "uses %s.%s", head->name, t->text);
-        }
         if (w->attr)
             refuse(sc, w->attr, t->line, "uses .%s", w->name);
         if (w->call)
