@@ -1750,7 +1750,10 @@ static void screen_source(struct screen *sc, const unsigned char *src, size_t n)
     lex_next(&sc->lx, sc->cur);
     lex_next(&sc->lx, sc->next);
     while (!sc->rule) {
-        if (sc->lx.found_rule)
+        if (sc->lx.found_rule == R_TOO_COMPLEX)
+            refuse(sc, R_TOO_COMPLEX, sc->lx.found_line,
+                   "nests f-strings deeper than the screener follows");
+        else if (sc->lx.found_rule)
             refuse(sc, sc->lx.found_rule, sc->lx.found_line, "names %s in a string",
                    sc->lx.found_name);
         if (sc->cur->kind == T_END || sc->rule)

@@ -202,6 +202,7 @@ static const struct refusal {
     {"().__class__.__base__.__subclasses__()", "introspection"},
     {"f.__globals__['os']", "introspection"},
     {"(lambda: 0).__code__", "introspection"},
+    {"1.0.__class__.__subclasses__()", "introspection"}, /* a number then .name */
     {"print.__self__", "introspection"},
     {"'{0.__init__.__globals__}'.format(x)", "introspection"},
     {"import sys\\nsys._getframe(0)", "introspection"},
