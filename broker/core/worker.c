@@ -374,5 +374,6 @@ void worker_free(struct worker *w)
     free(w->lat);
     admit_destroy(w);
     proto_buf_free(&w->scratch);
+    proto_buf_free(&w->vparams);
     free(w);
 }

@@ -177,6 +177,9 @@ struct worker {
     uint64_t rng;
     /* an answer that goes to several clients (coalescing leader) */
     struct proto_buf scratch;
+    /* params a validation rewrote (a folded search query), for the line
+     * being handled only (validate.c) */
+    struct proto_buf vparams;
     uint64_t housekeeping_ns; /* worker 0: next cache pressure check; 0 = none */
     /* backend connections (bconn.c) */
     uint32_t nattached;   /* backend slots held (bconn attached) */

@@ -15,7 +15,7 @@
 
 /* Top-level (or section) paths not in effect yet. */
 static const char *const pending_top[] = {
-    "compat_listen", "scripts", "paths",
+    "compat_listen",
 };
 
 static json_t *dump(const struct broker_config *cfg)

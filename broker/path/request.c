@@ -1,7 +1,8 @@
 /*
  * request.c - a request's way through the worker, and its answer.
  *
- * The way, in request_line(): parse (proto.c) -> route (backend) -> admit
+ * The way, in request_line(): parse (proto.c) -> validate (validate.c: the
+ * Blender parameter table, execute_code screening) -> route (backend) -> admit
  * (shutdown, rate_limit.max_inflight) -> build the backend request once,
  * pure ASCII, into req->breq -> deadline -> pool: take a backend slot
  * (bconn_start) or wait for one in the backend's FIFO queue (handoff.c).
@@ -23,6 +24,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "validate.h"
 #include "worker.h"
 
 struct req *req_at(struct worker *w, uint32_t idx)
@@ -211,6 +213,40 @@ static bool req_parse(struct worker *w, struct client *c, const char *line, size
     return false;
 }
 
+/* validate: the Blender parameter table and execute_code screening
+ * (validate.c). A command without rules costs one table lookup. A rewritten
+ * params text (a folded query) lives in w->vparams for this line only: the
+ * request built from it copies it. */
+static bool req_validate(struct worker *w, struct client *c, struct proto_request *rq)
+{
+    static struct log_ratelimit rl = LOG_RATELIMIT_INIT("invalid_params", 10, 20);
+    if (!validate_has_rules(rq->type.ptr, rq->type.len))
+        return true;
+    const struct broker_config *cfg = bcfg(w->b);
+    struct validate_ctx ctx = {cfg->scripts.policy, &cfg->paths.allowed_roots};
+    char msg[VALIDATE_MSG_MAX];
+    enum validate_result v = validate_params(rq, &ctx, &w->vparams, msg, sizeof msg);
+    if (v == VALIDATE_OK)
+        return true;
+    if (v == VALIDATE_REWRITTEN) {
+        rq->params = (struct proto_span){w->vparams.data, w->vparams.len};
+        rq->params_ascii = true;
+        for (size_t i = 0; i < w->vparams.len; i++)
+            if ((unsigned char)w->vparams.data[i] >= 0x80)
+                rq->params_ascii = false;
+        return true;
+    }
+    enum proto_code code = v == VALIDATE_FORBIDDEN ? PROTO_FORBIDDEN
+                           : v == VALIDATE_INVALID ? PROTO_INVALID_PARAMS
+                                                   : PROTO_INTERNAL;
+    LOG_RATELIMITED_BY(&rl, LOG_LEVEL_INFO, "request refused by validation",
+                       LOG_STR("type", rq->type.ptr, rq->type.len),
+                       LOG_CSTR("code", proto_code_name(code)), LOG_CSTR("why", msg),
+                       LOG_INT("fd", c->fd));
+    client_emit_error(w, c, &rq->id, code, msg, strlen(msg), 0);
+    return false;
+}
+
 /* route: the named backend, or the first one. */
 static struct backend *req_route(struct worker *w, struct client *c, const struct proto_request *rq)
 {
@@ -275,7 +311,7 @@ static struct req *req_build(struct worker *w, struct client *c, struct backend 
 }
 
 
-/* A request's way: parse -> route -> admit (shutdown) -> cache -> admit
+/* A request's way: parse -> validate -> route -> admit (shutdown) -> cache -> admit
  * (in flight) -> build -> coalesce -> pool. Each stage answers the line
  * itself when it stops it. */
 void request_line(struct worker *w, struct client *c, const char *line, size_t len)
@@ -284,6 +320,8 @@ void request_line(struct worker *w, struct client *c, const char *line, size_t l
     if (frame_ws_span(line, len) == len)
         return; /* blank line: not a request */
     if (!req_parse(w, c, line, len, &rq))
+        return;
+    if (!req_validate(w, c, &rq))
         return;
     struct backend *be = req_route(w, c, &rq);
     if (!be)

@@ -498,6 +498,46 @@ static inline void put_cp_escaped(struct proto_buf *b, uint32_t cp)
     }
 }
 
+size_t proto_json_string_decode(const char *tok, size_t len, char *out, size_t cap)
+{
+    const uint8_t *p = (const uint8_t *)tok + 1, *e = (const uint8_t *)tok + len - 1;
+    size_t n = 0;
+    if (len < 2)
+        return 0;
+    while (p < e) {
+        uint32_t cp;
+        if (*p == '\\') {
+            cp = json_unescape(&p, e);
+        } else {
+            const uint8_t *at = p;
+            int32_t c = utf8_decode(&p, e);
+            if (c < 0)
+                p = at + 1; /* not possible after the scanner; one byte, replaced */
+            cp = c < 0 ? 0xFFFD : (uint32_t)c;
+        }
+        size_t k = utf8_len(cp);
+        if (n + k > cap)
+            return SIZE_MAX;
+        if (k == 1) {
+            out[n] = (char)cp;
+        } else if (k == 2) {
+            out[n] = (char)(0xC0 | cp >> 6);
+            out[n + 1] = (char)(0x80 | (cp & 0x3F));
+        } else if (k == 3) {
+            out[n] = (char)(0xE0 | cp >> 12);
+            out[n + 1] = (char)(0x80 | (cp >> 6 & 0x3F));
+            out[n + 2] = (char)(0x80 | (cp & 0x3F));
+        } else {
+            out[n] = (char)(0xF0 | cp >> 18);
+            out[n + 1] = (char)(0x80 | (cp >> 12 & 0x3F));
+            out[n + 2] = (char)(0x80 | (cp >> 6 & 0x3F));
+            out[n + 3] = (char)(0x80 | (cp & 0x3F));
+        }
+        n += k;
+    }
+    return n;
+}
+
 int proto_write_json_string(struct proto_buf *b, const char *s, size_t len, size_t max_bytes,
                             unsigned flags)
 {

@@ -107,6 +107,11 @@ struct proto_error {
 int proto_parse_request(const char *line, size_t len, const struct proto_limits *lim,
                         struct proto_request *out, struct proto_error *err);
 
+/* Decode a JSON string token (quotes included, already checked by the
+ * scanner) into UTF-8 bytes in out: escapes resolved, an unpaired surrogate
+ * becomes U+FFFD. Returns the length, or SIZE_MAX when cap is too small. */
+size_t proto_json_string_decode(const char *tok, size_t len, char *out, size_t cap);
+
 /* --- output buffer ----------------------------------------------------- */
 
 struct proto_buf {

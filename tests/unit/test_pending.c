@@ -33,14 +33,14 @@ Test(pending, changed_pending_keys_are_named)
     const char *doc = "{\"backends\":[{\"name\":\"a\",\"address\":\"unix:/x\",\"pool_size\":2},"
                       "{\"name\":\"b\",\"address\":\"unix:/y\",\"health\":{\"interval_ms\":700}}],"
                       "\"cache\":{\"ttl_ms\":9000},\"rate_limit\":{\"max_inflight\":999},"
-                      "\"scripts\":{\"policy\":\"allow\"}}";
+                      "\"scripts\":{\"policy\":\"allow\"},\"compat_listen\":\"127.0.0.1:9\"}";
     struct broker_config cfg = {0};
     char err[256];
     cr_assert_eq(config_load_string(&cfg, doc, strlen(doc), NULL, err, sizeof err), 0, "%s", err);
     struct seen s = {0};
     cr_assert_eq(pending_keys(&cfg, collect, &s), 1,
-                 "pool_size, health, max_inflight and the cache are in effect");
-    cr_assert_str_eq(s.keys[0], "scripts");
+                 "pool_size, health, max_inflight, scripts and the cache are in effect");
+    cr_assert_str_eq(s.keys[0], "compat_listen");
     config_destroy(&cfg);
 }
 
