@@ -3,6 +3,8 @@
  * Starts the real mockd and brokerd in a temp dir for the tests. Binaries
  * from $BROKER_BIN (default: build/bin of the repo). Their output goes to
  * files in the temp dir, removed at the end unless BROKER_TEST_KEEP=1.
+ * Waits scale by SLOW, as in tests/integration/brokertest.py: 3 for a
+ * sanitizer build's bin dir, or BROKER_TEST_SLOW=N.
  */
 const fs = require('node:fs');
 const os = require('node:os');
@@ -10,6 +12,19 @@ const path = require('node:path');
 const { spawn } = require('node:child_process');
 
 const BIN = path.resolve(process.env.BROKER_BIN || path.join(__dirname, '..', '..', '..', 'build', 'bin'));
+
+const SLOW = process.env.BROKER_TEST_SLOW ? Math.max(1, Number(process.env.BROKER_TEST_SLOW) || 3)
+  : (/address|thread|sanitize|asan|tsan/.test(BIN) ? 3 : 1);
+/* A duration in ms scaled by SLOW. */
+const t = (ms) => Math.round(ms * SLOW);
+const SANITIZER_MARKERS = ['AddressSanitizer', 'LeakSanitizer', 'runtime error:',
+  'ThreadSanitizer', 'UndefinedBehaviorSanitizer'];
+
+const live = new Set();
+/* A test file that dies leaves no brokerd or mockd behind. */
+process.on('exit', () => {
+  for (const p of live) p.kill('SIGKILL');
+});
 
 function sleep(ms) {
   return new Promise((r) => setTimeout(r, ms));
@@ -22,7 +37,11 @@ class Proc {
     const err = fs.openSync(this.errPath, 'w');
     this.child = spawn(argv[0], argv.slice(1), { stdio: ['ignore', err, err] });
     fs.closeSync(err);
-    this.exited = new Promise((resolve) => this.child.once('exit', (code, sig) => resolve({ code, sig })));
+    live.add(this);
+    this.exited = new Promise((resolve) => this.child.once('exit', (code, sig) => {
+      live.delete(this);
+      resolve({ code, sig });
+    }));
   }
 
   stderr() {
@@ -50,7 +69,7 @@ class Proc {
     return this.exited;
   }
 
-  async stop(ms = 10000) {
+  async stop(ms = t(10000)) {
     if (!this.alive()) return this.exited;
     this.child.kill('SIGTERM');
     const t = setTimeout(() => this.child.kill('SIGKILL'), ms);
@@ -71,21 +90,21 @@ async function start(extra = {}) {
   const env = { dir, procs: [], socket: path.join(dir, 'b.sock') };
   env.mockd = new Proc(dir, 'mockd', [path.join(BIN, 'mockd'), '--listen', `unix:${msock}`]);
   env.procs.push(env.mockd);
-  await env.mockd.waitFor('mockd: listening on ', 5000);
+  await env.mockd.waitFor('mockd: listening on ', t(5000));
   const cfg = {
     listen: env.socket,
     admin_listen: path.join(dir, 'b.admin.sock'),
     workers: 2,
-    shutdown_grace_ms: 5000,
+    shutdown_grace_ms: t(5000),
     max_request_bytes: 65536,
     rate_limit: { rate: 10000000, burst: 100000000 },
     backends: [{
       name: 'blender',
       address: `unix:${msock}`,
       pool_size: 8,
-      request_timeout_ms: 5000,
-      idle_timeout_ms: 5000,
-      connect_timeout_ms: 1000,
+      request_timeout_ms: t(5000),
+      idle_timeout_ms: t(5000),
+      connect_timeout_ms: t(1000),
       health: { interval_ms: 86400000 },
       breaker: { failures: 100000 },
       retry: { max: 0 },
@@ -96,19 +115,25 @@ async function start(extra = {}) {
   fs.writeFileSync(cfgPath, JSON.stringify(cfg, null, 1));
   env.broker = new Proc(dir, 'brokerd', [path.join(BIN, 'brokerd'), '--config', cfgPath]);
   env.procs.push(env.broker);
-  await env.broker.waitFor('"msg":"brokerd ready"', 10000);
-  /* SIGTERM both; a broker that was still running must exit 0. */
+  await env.broker.waitFor('"msg":"brokerd ready"', t(10000));
+  /* SIGTERM both; a broker that was still running must exit 0, and no
+   * sanitizer may have reported anything. */
   env.stop = async () => {
     const running = env.broker.alive();
     const rb = await env.broker.stop();
     await env.mockd.stop();
+    const logs = [env.broker, env.mockd].map((p) => [p.name, p.stderr()]);
     if (process.env.BROKER_TEST_KEEP === '1') console.error(`files kept in ${dir}`);
     else fs.rmSync(dir, { recursive: true, force: true });
     if (running && rb.code !== 0) {
-      throw new Error(`brokerd exited ${rb.code} (${rb.sig}) after SIGTERM: ${env.broker.stderr().slice(-2000)}`);
+      throw new Error(`brokerd exited ${rb.code} (${rb.sig}) after SIGTERM: ${logs[0][1].slice(-2000)}`);
+    }
+    for (const [name, text] of logs) {
+      const m = SANITIZER_MARKERS.find((k) => text.includes(k));
+      if (m) throw new Error(`sanitizer report in ${name} stderr: ${text.slice(Math.max(0, text.indexOf(m) - 200), text.indexOf(m) + 1500)}`);
     }
   };
   return env;
 }
 
-module.exports = { start, sleep, BIN };
+module.exports = { start, sleep, t, BIN, SLOW };

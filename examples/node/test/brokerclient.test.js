@@ -2,7 +2,7 @@
 /* brokerclient.js against the real brokerd and mockd (see ../harness/brokerd.js). */
 const test = require('node:test');
 const assert = require('node:assert/strict');
-const { start, sleep } = require('../harness/brokerd');
+const { start, sleep, t } = require('../harness/brokerd');
 const {
   BrokerClient, BrokerError, ConnectionLostError, ClientTimeoutError,
 } = require('../brokerclient');
@@ -32,7 +32,7 @@ async function rejectsWith(promise, code) {
 
 test('call returns the result; raw gives the whole answer', async () => {
   const env = await start();
-  const c = await BrokerClient.connect(env.socket, { timeout: 5000 });
+  const c = await BrokerClient.connect(env.socket, { timeout: t(5000) });
   try {
     const r = await c.call('echo', { a: [1, 2], u: '\u00e9\u{1f600}' });
     assert.deepEqual(r.params, { a: [1, 2], u: '\u00e9\u{1f600}' });
@@ -50,7 +50,7 @@ test('call returns the result; raw gives the whole answer', async () => {
 
 test('100 pipelined calls on one connection, matched by id', async () => {
   const env = await start();
-  const c = await BrokerClient.connect(env.socket, { timeout: 20000 });
+  const c = await BrokerClient.connect(env.socket, { timeout: t(20000) });
   try {
     const order = [];
     const rs = await Promise.all(Array.from({ length: 100 }, (_, i) =>
@@ -65,7 +65,7 @@ test('100 pipelined calls on one connection, matched by id', async () => {
 
 test('broker errors reject with their code', async () => {
   const env = await start();
-  const c = await BrokerClient.connect(env.socket, { timeout: 10000 });
+  const c = await BrokerClient.connect(env.socket, { timeout: t(10000) });
   try {
     let e = await rejectsWith(c.call('echo', {}, { backend: 'nope' }), 'unknown_backend');
     assert.equal(typeof e.id, 'number');
@@ -92,7 +92,7 @@ test('broker errors reject with their code', async () => {
 
 test('rate_limited carries retryAfterMs', async () => {
   const env = await start({ rate_limit: { rate: 1, burst: 1 } });
-  const c = await BrokerClient.connect(env.socket, { timeout: 10000 });
+  const c = await BrokerClient.connect(env.socket, { timeout: t(10000) });
   try {
     await c.call('echo');
     const e = await rejectsWith(c.call('echo'), 'rate_limited');
@@ -111,12 +111,12 @@ test('client-side timeout rejects; the late answer is dropped', async () => {
     const e = await rejectsWith(c.call('fault_slow', { ms: 1500 }, { timeout: 300 }), 'client_timeout');
     assert.ok(e instanceof ClientTimeoutError);
     const dt = Date.now() - t0;
-    assert.ok(dt >= 250 && dt < 1200, `timed out after ${dt} ms`);
-    const f1 = c.call('fault_slow', { ms: 1000 }, { timeout: 5000 });
+    assert.ok(dt >= 250 && dt < t(1200), `timed out after ${dt} ms`);
+    const f1 = c.call('fault_slow', { ms: 1000 }, { timeout: t(5000) });
     await rejectsWith(c.call('fault_slow', { ms: 800 }, { timeout: 200 }), 'client_timeout');
     assert.deepEqual(await f1, { type: 'fault_slow', executed: true });
     await sleep(500);
-    assert.deepEqual((await c.call('echo', { next: 1 }, { timeout: 5000 })).params, { next: 1 });
+    assert.deepEqual((await c.call('echo', { next: 1 }, { timeout: t(5000) })).params, { next: 1 });
   } finally {
     await c.close();
     await env.stop();
@@ -128,11 +128,11 @@ test('a dropped connection rejects every pending call promptly', async () => {
   const c = await BrokerClient.connect(env.socket); // no client timeout: only the drop ends them
   try {
     const pending = Array.from({ length: 3 }, () => c.call('fault_slow', { ms: 5000 }));
-    assert.deepEqual((await c.call('echo', { x: 1 }, { timeout: 5000 })).params, { x: 1 });
+    assert.deepEqual((await c.call('echo', { x: 1 }, { timeout: t(5000) })).params, { x: 1 });
     const t0 = Date.now();
     await env.broker.kill('SIGKILL');
     const rs = await Promise.allSettled(pending);
-    assert.ok(Date.now() - t0 < 2000, `rejected after ${Date.now() - t0} ms`);
+    assert.ok(Date.now() - t0 < t(2000), `rejected after ${Date.now() - t0} ms`);
     for (const r of rs) {
       assert.equal(r.status, 'rejected');
       assert.ok(r.reason instanceof ConnectionLostError, String(r.reason));
