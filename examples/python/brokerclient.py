@@ -169,8 +169,11 @@ class BrokerClient:
             self._sock.close()
             raise
         self._ids = itertools.count(1)
-        self._lock = threading.Lock()        # _pending, _deadlines, _dead
-        self._send_lock = threading.Lock()   # whole lines; never held with _lock
+        # Lock order: _send_lock, then _lock. _lock guards _pending,
+        # _deadlines, _dead and the descriptors' lifetime (_fds_closed).
+        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()   # one whole line at a time
+        self._fds_closed = False
         self._pending = {}                   # id -> _Pending, oldest first
         self._deadlines = []                 # heap of (deadline, id)
         self._dead = None                    # ConnectionLost once the connection ended
@@ -193,21 +196,20 @@ class BrokerClient:
         answer with raw=True: status, result, cached, stale). timeout: the
         client-side deadline in seconds (default: the client's)."""
         timeout = self.timeout if timeout is None else timeout
+        rid = next(self._ids)  # atomic in CPython
+        line = _encode(rid, type, params, backend, timeout_ms, cache)
         fut = Future()
         with self._lock:
             if self._dead is not None:
-                fut.set_exception(self._dead)
+                fut.set_exception(ConnectionLost(self._dead.message))
                 return fut
-            rid = next(self._ids)
-            line = _encode(rid, type, params, backend, timeout_ms, cache)
             deadline = None if timeout is None else time.monotonic() + timeout
             # Registered before sending: the answer may beat sendall's return.
             self._pending[rid] = _Pending(fut, line, raw, deadline)
             if deadline is not None:
-                first = not self._deadlines or deadline < self._deadlines[0][0]
+                if not self._deadlines or deadline < self._deadlines[0][0]:
+                    self._wake()  # the reader sleeps until an earlier deadline
                 heapq.heappush(self._deadlines, (deadline, rid))
-        if deadline is not None and first:
-            self._wake()
         try:
             with self._send_lock:
                 self._sock.sendall(line)
@@ -227,11 +229,8 @@ class BrokerClient:
         with self._lock:
             if self._dead is None:
                 self._dead = ConnectionLost("client closed the connection to %s" % self.path)
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self._wake()
+            self._shutdown()
+            self._wake()
         if self._reader is not threading.current_thread():
             self._reader.join()
 
@@ -239,10 +238,21 @@ class BrokerClient:
     # and, at the end, closing every descriptor.
 
     def _wake(self):
+        """Wake the reader (under _lock)."""
+        if self._fds_closed:
+            return
         try:
             os.write(self._wake_w, b"x")
-        except OSError:
-            pass  # pipe full (a wake-up is already pending) or closed
+        except BlockingIOError:
+            pass  # a wake-up is already pending
+
+    def _shutdown(self):
+        """Wake the reader and any blocked sender with EOF/EPIPE (under _lock)."""
+        if not self._fds_closed:
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def _read_loop(self):
         poller = select.poll()
@@ -279,10 +289,11 @@ class BrokerClient:
         except (OSError, ValueError) as e:
             reason = "connection to %s failed: %s" % (self.path, e)
         self._fail_all(reason)
-        with self._send_lock:  # no sendall may be using the descriptor we close
+        with self._send_lock, self._lock:  # no other thread is using a descriptor
+            self._fds_closed = True
             self._sock.close()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+            os.close(self._wake_r)
+            os.close(self._wake_w)
 
     def _expire(self):
         """Fail requests past their deadline (under _lock); returns the
@@ -320,13 +331,10 @@ class BrokerClient:
                 self._dead = ConnectionLost(reason)
             dead, pending = self._dead, self._pending
             self._pending, self._deadlines = {}, []
+            self._shutdown()
         for rid, p in pending.items():
             _settle(p.future, exc=ConnectionLost("%s; request id %d had no answer"
                                                  % (dead.message, rid)))
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)  # wakes the reader and blocked senders
-        except OSError:
-            pass
 
 
 class AsyncBrokerClient:
@@ -367,7 +375,7 @@ class AsyncBrokerClient:
         if self._writer is None:
             raise ConnectionLost("not connected (call connect() first)")
         if self._dead is not None:
-            raise self._dead
+            raise ConnectionLost(self._dead.message)
         timeout = self.timeout if timeout is None else timeout
         rid = next(self._ids)
         line = _encode(rid, type, params, backend, timeout_ms, cache)
@@ -381,7 +389,8 @@ class AsyncBrokerClient:
             except OSError as e:
                 if fut.done():
                     raise fut.exception() from None
-                raise self._dead or ConnectionLost("cannot send to %s: %s" % (self.path, e))
+                raise ConnectionLost(self._dead.message if self._dead else
+                                     "cannot send to %s: %s" % (self.path, e)) from None
             try:
                 return await asyncio.wait_for(fut, timeout)
             except asyncio.TimeoutError:

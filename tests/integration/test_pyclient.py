@@ -14,7 +14,7 @@
   client_timeout            client-side deadline: TimeoutError, the late answer is
                             dropped and the next call gets its own answer
   close_fails_pending       close() with requests in flight fails them; submit after
-                            close fails at once
+                            close fails at once; no descriptor left open
 
 Usage: test_pyclient.py --bin BUILD/bin [-k NAME] [--keep] [-v]
 """
@@ -246,6 +246,7 @@ def client_timeout(env):
 def close_fails_pending(env):
     env.mockd()
     b = env.broker()
+    fds = len(os.listdir("/proc/self/fd"))
     c = bc.BrokerClient(b.path)
     f = c.submit("fault_slow", {"ms": 1000})
     t0 = time.monotonic()
@@ -258,6 +259,8 @@ def close_fails_pending(env):
     assert time.monotonic() - t0 < t(1)
     g = c.submit("echo")
     assert g.done() and isinstance(g.exception(), bc.ConnectionLost)
+    c.close()  # twice: harmless
+    assert len(os.listdir("/proc/self/fd")) == fds, "the client left descriptors open"
 
 
 if __name__ == "__main__":
