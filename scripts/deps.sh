@@ -9,8 +9,9 @@ want=(build-essential cmake pkg-config liburing-dev libjemalloc-dev libjansson-d
 case "${1:-build}" in
   build) ;;
   # groff-base, man-db: the man pages are checked; systemd: systemd-analyze
-  # verify checks the units (nothing is started: it only parses them)
-  test) want+=(clang libclang-rt-14-dev valgrind groff-base man-db systemd) ;;
+  # verify checks the units (nothing is started: it only parses them);
+  # nodejs: the Node client's tests (examples/node, Debian 12 ships Node 18)
+  test) want+=(clang libclang-rt-14-dev valgrind groff-base man-db systemd nodejs) ;;
   perf) want+=(haproxy) ;;
   *) echo "usage: scripts/deps.sh [build|test|perf]" >&2; exit 2 ;;
 esac
