@@ -5,7 +5,8 @@
  * (listener.c) and the workers run on: each backend with its resolved
  * address, pool, per-slot connection state, breaker and health state; the
  * workers and their rings (not started yet); the response cache in its own
- * jemalloc arena and the coalescing table; and the bound client socket. It
+ * jemalloc arena and the coalescing table; and the bound client socket (and
+ * the compat listener's, when configured: Unix or TCP, listen_tcp.c). It
  * unwinds through broker_free, which copes with a half-built broker, so a
  * failed start leaves no fd, thread or socket file behind.
  *
@@ -33,6 +34,7 @@
 #include "arena.h"
 #include "admin.h"
 #include "broker.h"
+#include "listen_tcp.h"
 #include "log.h"
 
 #define LISTEN_BACKLOG 4096
@@ -232,6 +234,31 @@ static int listen_unix(const char *key, const char *path, mode_t mode, int *fd_o
     return 0;
 }
 
+/* compat_listen (off when null): a Unix path like the client socket (its
+ * mode, stale files replaced the same way) or a TCP host:port. */
+static int compat_bind(struct broker *b, char *err, size_t errlen)
+{
+    const struct config_address *a = &b->cfg.compat_listen;
+    char name[CONFIG_UNIX_PATH_MAX + 64];
+    int rc = 0;
+    if (a->kind == CONFIG_ADDR_UNIX) {
+        rc = listen_unix("compat_listen", a->path, b->cfg.listen_mode, &b->compat_fd, err,
+                         errlen);
+        b->compat_unlink = rc == 0;
+        snprintf(name, sizeof name, "%s", a->path);
+    } else if (a->kind == CONFIG_ADDR_TCP) {
+        rc = listen_tcp("compat_listen", a, LISTEN_BACKLOG, &b->compat_fd, name, sizeof name, err,
+                        errlen);
+    }
+    if (rc == 0 && b->compat_fd >= 0) {
+        char msg[sizeof name + 32];
+        snprintf(msg, sizeof msg, "compat listener on %s", name);
+        log_write(LOG_LEVEL_INFO, msg, LOG_CSTR("address", name),
+                  LOG_CSTR("protocol", "blender-addon"));
+    }
+    return rc;
+}
+
 int broker_create(struct broker **out, struct broker_config *cfg, char *err, size_t errlen)
 {
     struct broker *b = calloc(1, sizeof *b);
@@ -244,6 +271,7 @@ int broker_create(struct broker **out, struct broker_config *cfg, char *err, siz
     memset(cfg, 0, sizeof *cfg);
     b->listen_fd = -1;
     b->admin_fd = -1;
+    b->compat_fd = -1;
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     b->started_ms = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
@@ -282,6 +310,8 @@ int broker_create(struct broker **out, struct broker_config *cfg, char *err, siz
                           errlen)) < 0)
         goto err;
     b->admin_unlink = true;
+    if ((rc = compat_bind(b, err, errlen)) < 0)
+        goto err;
     *out = b;
     return 0;
 err:
@@ -316,6 +346,10 @@ void broker_free(struct broker *b)
         close(b->admin_fd);
     if (b->admin_unlink)
         unlink(b->cfg.admin_listen);
+    if (b->compat_fd >= 0)
+        close(b->compat_fd);
+    if (b->compat_unlink)
+        unlink(b->cfg.compat_listen.path);
     cache_free(b->cache);
     if (b->cache_arena_ok)
         arena_destroy(b->cache_arena);

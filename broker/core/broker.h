@@ -118,6 +118,8 @@ struct broker {
     struct admin *admin;  /* the admin socket's thread (admin.c) while it runs */
     int admin_fd;         /* the admin socket (admin_listen), listening */
     bool admin_unlink;    /* we created its file */
+    int compat_fd;        /* compat_listen (the add-on protocol), listening; -1: off */
+    bool compat_unlink;   /* we created its file (a Unix path) */
 };
 
 /* Message kinds posted to a worker's ring with IORING_OP_MSG_RING. */
@@ -143,8 +145,13 @@ void worker_join(struct worker *w);
 void worker_free(struct worker *w);
 int worker_ring_fd(const struct worker *w);
 bool worker_exited(const struct worker *w);
-/* Listener side: queue a client fd for this worker (false: inbox full). */
-bool worker_inbox_push(struct worker *w, int fd);
+/* Listener side: queue a client fd for this worker (false: inbox full);
+ * compat: it came from compat_listen (the add-on protocol, compat.c). */
+bool worker_inbox_push(struct worker *w, int fd, bool compat);
+/* Inbox values: fd + 1 (never NULL), and the compat flag above any fd. */
+#define INBOX_FD_MASK ((uintptr_t)0xffffffffu)
+#define INBOX_COMPAT  ((uintptr_t)1 << 32)
+_Static_assert(sizeof(uintptr_t) >= 8, "the inbox flag needs 64-bit pointers");
 /* pool handoff callback (pool.h), arg = struct broker * */
 void worker_pool_handoff(void *arg, uint64_t token, struct pool_slot *slot);
 

@@ -15,7 +15,7 @@
 
 /* Top-level (or section) paths not in effect yet. */
 static const char *const pending_top[] = {
-    "allow_uids", "allow_gids", "compat_listen", "scripts", "paths",
+    "allow_uids", "allow_gids", "scripts", "paths",
 };
 
 static json_t *dump(const struct broker_config *cfg)
