@@ -13,6 +13,10 @@
  *   framed by JSON completeness, exactly one request in flight per connection
  *   because the add-on cannot take two ("Extra data"). Bytes that arrive with
  *   nothing in flight are counted as unknown.
+ * - compat: the direct mode's wire (the add-on protocol) against the broker's
+ *   compat_listen; an error answer counts under the broker's code, the
+ *   message's prefix up to ": " ("timeout: ..."), or backend_error. The same
+ *   program and loop as broker mode, so the two protocols compare fairly.
  *
  * Design
  * - The connections are opened (blocking) before the clock starts, then spread
@@ -80,7 +84,7 @@
 #define LG_CODE_LEN     48
 #define LG_LOG_BUDGET   20
 
-enum lg_mode { LG_MODE_BROKER, LG_MODE_DIRECT };
+enum lg_mode { LG_MODE_BROKER, LG_MODE_DIRECT, LG_MODE_COMPAT };
 enum lg_framing { LG_FRAMING_JSON, LG_FRAMING_NDJSON };
 
 struct lg_opts {
@@ -503,19 +507,39 @@ static void lg_on_broker(struct lg_conn *c, const char *m, size_t n, uint64_t no
         lg_complete(c, s, now, "no_code", 7);
 }
 
+/* compat: the broker's code at the head of an error message, if any. */
+static size_t lg_compat_code(struct pjson_span msg, const char **code)
+{
+    if (!msg.p || msg.n < 4 || msg.p[0] != '"')
+        return 0;
+    size_t i = 1;
+    while (i < msg.n && i < LG_CODE_LEN && ((msg.p[i] >= 'a' && msg.p[i] <= 'z') || msg.p[i] == '_'))
+        i++;
+    if (i == 1 || i + 1 >= msg.n || msg.p[i] != ':' || msg.p[i + 1] != ' ')
+        return 0;
+    *code = msg.p + 1;
+    return i - 1;
+}
+
 static void lg_on_direct(struct lg_conn *c, const char *m, size_t n, uint64_t now)
 {
-    static const char *const keys[1] = {"status"};
-    struct pjson_span st;
+    static const char *const keys[2] = {"status", "message"};
+    struct pjson_span st[2];
     if (!c->slots[0].busy) {
         /* Nothing was asked: the add-on's next answer would be misattributed. */
         lg_unknown(c, "bytes received with no request in flight", m, n);
         return;
     }
-    bool parsed = pjson_json_members(m, n, keys, &st, 1);
-    if (parsed && lg_span_str_eq(st, "success"))
+    bool parsed = pjson_json_members(m, n, keys, st, 2);
+    const char *code = NULL;
+    size_t code_len = 0;
+    if (parsed && c->t->run->o.mode == LG_MODE_COMPAT)
+        code_len = lg_compat_code(st[1], &code);
+    if (parsed && lg_span_str_eq(st[0], "success"))
         lg_complete(c, 0, now, NULL, 0);
-    else if (parsed && lg_span_str_eq(st, "error"))
+    else if (parsed && lg_span_str_eq(st[0], "error") && code_len)
+        lg_complete(c, 0, now, code, code_len);
+    else if (parsed && lg_span_str_eq(st[0], "error"))
         lg_complete(c, 0, now, "backend_error", 13);
     else /* not an object, no status, or an unknown status */
         lg_complete(c, 0, now, "bad_backend_response", 20);
@@ -793,6 +817,8 @@ static void lg_usage(FILE *f)
           "                        matched by id (default with --unix); direct: add-on\n"
           "                        protocol, 1 request in flight per connection\n"
           "                        (default with --tcp)\n"
+          "  --mode compat         the add-on protocol against brokerd's compat_listen\n"
+          "                        (as direct; errors counted by the broker's code)\n"
           "  --connections K       connections (default 8)\n"
           "  --depth D             requests in flight per connection, broker mode (default 1)\n"
           "  --duration S          measured seconds (default 5)\n"
@@ -839,8 +865,10 @@ static int lg_parse_value(struct lg_opts *o, const char *a, const char *v)
 {
     bool ok = true;
     if (strcmp(a, "--mode") == 0) {
-        ok = strcmp(v, "broker") == 0 || strcmp(v, "direct") == 0;
-        o->mode = strcmp(v, "direct") == 0 ? LG_MODE_DIRECT : LG_MODE_BROKER;
+        ok = strcmp(v, "broker") == 0 || strcmp(v, "direct") == 0 || strcmp(v, "compat") == 0;
+        o->mode = strcmp(v, "direct") == 0   ? LG_MODE_DIRECT
+                  : strcmp(v, "compat") == 0 ? LG_MODE_COMPAT
+                                             : LG_MODE_BROKER;
         o->mode_set = true;
     } else if (strcmp(a, "--framing") == 0) {
         ok = strcmp(v, "json") == 0 || strcmp(v, "ndjson") == 0;
@@ -920,9 +948,9 @@ static int lg_parse_args(int argc, char **argv, struct lg_opts *o)
         o->framing = LG_FRAMING_NDJSON;
     } else if (o->depth > 1) {
         fprintf(stderr,
-                "loadgen: direct mode keeps exactly 1 request in flight per "
-                "connection (the add-on cannot take two); --depth %u ignored\n",
-                o->depth);
+                "loadgen: %s mode keeps exactly 1 request in flight per "
+                "connection (the add-on protocol cannot take two); --depth %u ignored\n",
+                o->mode == LG_MODE_COMPAT ? "compat" : "direct", o->depth);
         o->depth = 1;
     }
     if (o->threads > o->conns)
@@ -1030,7 +1058,10 @@ static void lg_report(struct lg_run *run, const struct lg_totals *tt, double cpu
     struct lg_out o = {.len = 0};
     const struct lg_opts *op = &run->o;
     lg_put(&o, "{\"bench\":\"loadgen\",\"mode\":\"%s\",\"transport\":\"%s\",\"framing\":\"%s\",",
-           op->mode == LG_MODE_BROKER ? "broker" : "direct", run->is_tcp ? "tcp" : "unix",
+           op->mode == LG_MODE_BROKER   ? "broker"
+           : op->mode == LG_MODE_COMPAT ? "compat"
+                                        : "direct",
+           run->is_tcp ? "tcp" : "unix",
            op->framing == LG_FRAMING_NDJSON ? "ndjson" : "json");
     lg_put(&o, "\"type\":");
     lg_put_jstr(&o, op->type);

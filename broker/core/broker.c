@@ -5,7 +5,8 @@
  * (listener.c) and the workers run on: each backend with its resolved
  * address, pool, per-slot connection state, breaker and health state; the
  * workers and their rings (not started yet); the response cache in its own
- * jemalloc arena and the coalescing table; and the bound client socket. It
+ * jemalloc arena and the coalescing table; and the bound client socket (and
+ * the compat listener's, when configured: Unix or TCP, listen_tcp.c). It
  * unwinds through broker_free, which copes with a half-built broker, so a
  * failed start leaves no fd, thread or socket file behind.
  *
@@ -33,6 +34,7 @@
 #include "arena.h"
 #include "admin.h"
 #include "broker.h"
+#include "listen_tcp.h"
 #include "log.h"
 #include "metrics_http.h"
 #include "sdlisten.h"
@@ -268,6 +270,50 @@ static int listen_unix(struct sdlisten *sl, const char *name, const char *key, c
     return 0;
 }
 
+/* compat_listen (off when null): a Unix path like the client socket (its
+ * mode, stale files replaced the same way) or a TCP host:port; either may
+ * come from systemd (a socket named "compat", or bound to the address). */
+static int compat_bind(struct broker *b, struct sdlisten *sl, char *err, size_t errlen)
+{
+    const struct config_address *a = &bcfg(b)->compat_listen;
+    char name[CONFIG_HOST_MAX + CONFIG_UNIX_PATH_MAX + 64];
+    int rc = 0;
+    if (a->kind == CONFIG_ADDR_UNIX) {
+        rc = listen_unix(sl, "compat", "compat_listen", a->path, bcfg(b)->listen_mode,
+                         &b->compat_fd, &b->compat_unlink, err, errlen);
+        snprintf(name, sizeof name, "%s", a->path);
+        snprintf(b->compat_path, sizeof b->compat_path, "%s", a->path);
+    } else if (a->kind == CONFIG_ADDR_TCP) {
+        struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_family = a->family,
+                                 .ai_flags = AI_PASSIVE};
+        struct addrinfo *res = NULL;
+        char port[8];
+        snprintf(port, sizeof port, "%u", a->port);
+        int fd = -ENOENT;
+        if (getaddrinfo(a->host, port, &hints, &res) == 0 && res) {
+            fd = sdlisten_take(sl, "compat", "compat_listen", res->ai_addr, res->ai_addrlen, err,
+                               errlen);
+            freeaddrinfo(res);
+        }
+        if (fd >= 0) {
+            b->compat_fd = fd;
+            snprintf(name, sizeof name, "%s:%u (from systemd)", a->host, a->port);
+        } else if (fd != -ENOENT) {
+            rc = fd;
+        } else {
+            rc = listen_tcp("compat_listen", a, LISTEN_BACKLOG, &b->compat_fd, name, sizeof name,
+                            err, errlen);
+        }
+    }
+    if (rc == 0 && b->compat_fd >= 0) {
+        char msg[sizeof name + 32];
+        snprintf(msg, sizeof msg, "compat listener on %s", name);
+        log_write(LOG_LEVEL_INFO, msg, LOG_CSTR("address", name),
+                  LOG_CSTR("protocol", "blender-addon"));
+    }
+    return rc;
+}
+
 int broker_create(struct broker **out, struct broker_config *cfg, char *err, size_t errlen)
 {
     struct broker *b = calloc(1, sizeof *b);
@@ -280,6 +326,7 @@ int broker_create(struct broker **out, struct broker_config *cfg, char *err, siz
     b->admin_fd = -1;
     b->metrics_fd = -1;
     struct sdlisten sl = {.n = 0};
+    b->compat_fd = -1;
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     b->started_ms = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
@@ -330,6 +377,8 @@ int broker_create(struct broker **out, struct broker_config *cfg, char *err, siz
     if (bcfg(b)->metrics_listen.kind != CONFIG_ADDR_NONE &&
         (rc = metrics_http_listen(&bcfg(b)->metrics_listen, &sl, &b->metrics_fd, err, errlen)) < 0)
         goto err;
+    if ((rc = compat_bind(b, &sl, err, errlen)) < 0)
+        goto err;
     if ((rc = sdlisten_finish(&sl, err, errlen)) < 0)
         goto err;
     *out = b;
@@ -370,6 +419,10 @@ void broker_free(struct broker *b)
     metrics_http_stop(b->metrics); /* normally stopped by broker_run already */
     if (b->metrics_fd >= 0)
         close(b->metrics_fd);
+    if (b->compat_fd >= 0)
+        close(b->compat_fd);
+    if (b->compat_unlink)
+        unlink(b->compat_path);
     cache_free(b->cache);
     if (b->cache_arena_ok)
         arena_destroy(b->cache_arena);

@@ -162,6 +162,9 @@ struct broker {
     bool admin_unlink;    /* we created its file */
     int metrics_fd;       /* metrics_listen, listening; -1 when off */
     struct metrics_http *metrics; /* its thread (metrics_http.c) while it runs */
+    int compat_fd;        /* compat_listen (the add-on protocol), listening; -1: off */
+    bool compat_unlink;   /* we created its file (a Unix path) */
+    char compat_path[CONFIG_UNIX_PATH_MAX + 1]; /* that path (not reloadable: a copy) */
 };
 
 /* Message kinds posted to a worker's ring with IORING_OP_MSG_RING. */
@@ -228,8 +231,13 @@ void worker_join(struct worker *w);
 void worker_free(struct worker *w);
 int worker_ring_fd(const struct worker *w);
 bool worker_exited(const struct worker *w);
-/* Listener side: queue a client fd for this worker (false: inbox full). */
-bool worker_inbox_push(struct worker *w, int fd);
+/* Listener side: queue a client fd for this worker (false: inbox full);
+ * compat: it came from compat_listen (the add-on protocol, compat.c). */
+bool worker_inbox_push(struct worker *w, int fd, bool compat);
+/* Inbox values: fd + 1 (never NULL), and the compat flag above any fd. */
+#define INBOX_FD_MASK ((uintptr_t)0xffffffffu)
+#define INBOX_COMPAT  ((uintptr_t)1 << 32)
+_Static_assert(sizeof(uintptr_t) >= 8, "the inbox flag needs 64-bit pointers");
 /* pool handoff callback (pool.h), arg = struct broker * */
 void worker_pool_handoff(void *arg, uint64_t token, struct pool_slot *slot);
 

@@ -21,6 +21,10 @@
  * waiting client at once, up to the whole limit, and a worker opening a
  * backend socket at that instant would get EMFILE.
  *
+ * compat_listen (when configured) is accepted the same way, under the same
+ * budget and max_clients, and its clients go round-robin with the others,
+ * flagged in the inbox so the worker gives them the add-on protocol.
+ *
  * Shutdown: stop accepting, remove the socket file, tell every worker to
  * drain (they answer or fail every request within shutdown_grace_ms and
  * close their clients), join every worker. broker_free (broker.c) then
@@ -46,6 +50,7 @@
 #define UDL_SIGNAL  2
 #define UDL_BACKOFF 3
 #define UDL_CANCEL  4
+#define UDL_ACCEPT_COMPAT 5 /* an accept on compat_listen (front/compat.c) */
 /* Out of descriptors: accepting again at once would spin (an accept fails
  * at once on EMFILE). Wait, doubling from the first to the last figure, and
  * start over once an accept succeeds. */
@@ -85,11 +90,11 @@ static void post_msg(struct io_uring *ring, struct worker *w, enum broker_msg ki
     sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
 }
 
-static void arm_accept(struct io_uring *ring, int fd)
+static void arm_accept(struct io_uring *ring, int fd, uint64_t ud)
 {
     struct io_uring_sqe *sqe = listener_sqe(ring);
     io_uring_prep_accept(sqe, fd, NULL, NULL, SOCK_CLOEXEC);
-    io_uring_sqe_set_data64(sqe, UDL_ACCEPT);
+    io_uring_sqe_set_data64(sqe, ud);
 }
 
 static void arm_signal(struct io_uring *ring, int sfd, struct signalfd_siginfo *si)
@@ -99,14 +104,17 @@ static void arm_signal(struct io_uring *ring, int sfd, struct signalfd_siginfo *
     io_uring_sqe_set_data64(sqe, UDL_SIGNAL);
 }
 
-/* Refuse a client with one clear line (a trusted message), then close. */
-static void refuse_client(int fd, const char *why)
+/* Refuse a client with one clear answer (a trusted message), then close;
+ * in the add-on's shape for a compat client. */
+static void refuse_client(int fd, const char *why, bool compat)
 {
     char line[320];
-    int n = snprintf(line, sizeof line,
-                     "{\"id\":null,\"status\":\"error\",\"error\":{\"code\":\"overloaded\","
-                     "\"message\":\"%s\"}}\n",
-                     why);
+    int n = compat ? snprintf(line, sizeof line,
+                              "{\"status\":\"error\",\"message\":\"overloaded: %s\"}", why)
+                   : snprintf(line, sizeof line,
+                              "{\"id\":null,\"status\":\"error\",\"error\":{\"code\":"
+                              "\"overloaded\",\"message\":\"%s\"}}\n",
+                              why);
     if (n > 0 && (size_t)n < sizeof line && write(fd, line, (size_t)n) < 0) {
         /* the client is gone already: nothing else to do */
     }
@@ -122,7 +130,7 @@ static void refuse_client(int fd, const char *why)
  *   + 1 + 1              the client listening socket, the signalfd
  *   + 1 + nworkers       the listener's and every worker's io_uring
  *   + 1                  struct fd_reserve below
- *   + 2                  the admin and compat listeners (coming)
+ *   + 2                  the admin and compat listeners
  *   + 1 + its clients    metrics_listen, when on (metrics_http.h)
  *   + FD_MARGIN          what is open only for an instant
  *
@@ -220,7 +228,8 @@ static uint32_t fd_accepts_wanted(const struct broker *b, const struct fd_budget
     return left >= ACCEPT_BATCH ? ACCEPT_BATCH : left > 0 ? (uint32_t)left : 1;
 }
 
-static void refuse_over_cap(const struct broker *b, const struct fd_budget *fb, int fd)
+static void refuse_over_cap(const struct broker *b, const struct fd_budget *fb, int fd,
+                            bool compat)
 {
     static struct log_ratelimit rl = LOG_RATELIMIT_INIT("accept", 5, 10);
     static struct log_ratelimit rl_fds = LOG_RATELIMIT_INIT("accept_fd_cap", 1, 5);
@@ -240,7 +249,7 @@ static void refuse_over_cap(const struct broker *b, const struct fd_budget *fb, 
                  "backend connections (raise LimitNOFILE / ulimit -n)",
                  (unsigned long long)fb->kept, (unsigned long long)fb->limit);
     }
-    refuse_client(fd, why);
+    refuse_client(fd, why, compat);
 }
 
 /* Descriptor reserve: one fd held open so that, when the process runs out,
@@ -273,7 +282,7 @@ static void on_out_of_fds(struct broker *b, struct fd_reserve *r, int err)
     struct pollfd pfd = {.fd = b->listen_fd, .events = POLLIN};
     int fd = poll(&pfd, 1, 0) == 1 ? accept4(b->listen_fd, NULL, NULL, SOCK_CLOEXEC) : -1;
     if (fd >= 0)
-        refuse_client(fd, "the broker is out of file descriptors; try again later");
+        refuse_client(fd, "the broker is out of file descriptors; try again later", false);
     reserve_take(r);
 }
 
@@ -286,7 +295,8 @@ struct listener {
     struct signalfd_siginfo si; /* the pending signalfd read's buffer */
     struct fd_budget fds;
     struct fd_reserve reserve;
-    uint32_t accepts;    /* single-shot accepts in flight */
+    uint32_t accepts;    /* single-shot accepts in flight on the client socket */
+    uint32_t caccepts;   /* the same on compat_listen */
     uint32_t backoff_ms; /* 0: accepting; else the last wait after EMFILE */
     bool backoff_armed;  /* the wait is running: arm no accept until it ends */
     struct __kernel_timespec backoff_ts;
@@ -295,28 +305,28 @@ struct listener {
     bool drain_asked; /* SIGUSR1 seen: stop accepting after this round */
 };
 
-static void on_accept(struct listener *l, int fd)
+static void on_accept(struct listener *l, int fd, bool compat)
 {
     struct broker *b = l->b;
-    if (!peer_admit(b, fd, "listen"))
+    if (!peer_admit(b, fd, compat ? "compat_listen" : "listen"))
         return;
     if (fd_budget_read(b, &l->fds))
         fd_budget_log(b, &l->fds, false);
     uint32_t n = atomic_fetch_add_explicit(&b->nclients, 1, memory_order_relaxed);
     if (n >= fd_cap(b, &l->fds)) {
         atomic_fetch_sub_explicit(&b->nclients, 1, memory_order_relaxed);
-        refuse_over_cap(b, &l->fds, fd);
+        refuse_over_cap(b, &l->fds, fd, compat);
         return;
     }
     for (uint32_t tries = 0; tries < b->nworkers; tries++) {
         uint32_t i = l->next++ % b->nworkers;
-        if (worker_inbox_push(b->workers[i], fd)) {
+        if (worker_inbox_push(b->workers[i], fd, compat)) {
             l->wake[i] = true;
             return;
         }
     }
     atomic_fetch_sub_explicit(&b->nclients, 1, memory_order_relaxed);
-    refuse_client(fd, "every worker's queue of new clients is full");
+    refuse_client(fd, "every worker's queue of new clients is full", compat);
 }
 
 static void arm_backoff(struct listener *l)
@@ -332,11 +342,14 @@ static void arm_backoff(struct listener *l)
     l->backoff_armed = true;
 }
 
-static void on_accept_cqe(struct listener *l, int res)
+static void on_accept_cqe(struct listener *l, int res, bool compat)
 {
-    l->accepts--;
+    if (compat)
+        l->caccepts--;
+    else
+        l->accepts--;
     if (res >= 0) {
-        on_accept(l, res);
+        on_accept(l, res, compat);
         l->backoff_ms = 0;
         reserve_take(&l->reserve); /* given up earlier: take it back */
     } else if (res == -EMFILE || res == -ENFILE || res == -ENOBUFS || res == -ENOMEM) {
@@ -357,9 +370,17 @@ static void accept_refill(struct listener *l)
     if (l->backoff_armed || l->b->listen_fd < 0)
         return;
     uint32_t want = fd_accepts_wanted(l->b, &l->fds);
+    /* With compat_listen the two sockets share the batch (one each at
+     * least: so up to one accept more than the budget, within FD_MARGIN). */
+    uint32_t cwant = l->b->compat_fd < 0 ? 0 : want > 1 ? want / 2 : 1;
+    want = want > cwant ? want - cwant : 1;
     while (l->accepts < want) {
-        arm_accept(l->ring, l->b->listen_fd);
+        arm_accept(l->ring, l->b->listen_fd, UDL_ACCEPT);
         l->accepts++;
+    }
+    while (l->caccepts < cwant) {
+        arm_accept(l->ring, l->b->compat_fd, UDL_ACCEPT_COMPAT);
+        l->caccepts++;
     }
 }
 
@@ -384,13 +405,16 @@ static void on_signal(struct listener *l, int res)
  * Bounded: it gives up after a second without a completion. */
 static void accept_cancel_all(struct listener *l)
 {
-    if (l->accepts == 0)
+    if (l->accepts + l->caccepts == 0)
         return;
     struct io_uring_sqe *sqe = listener_sqe(l->ring);
     io_uring_prep_cancel64(sqe, UDL_ACCEPT, IORING_ASYNC_CANCEL_ALL);
     io_uring_sqe_set_data64(sqe, UDL_CANCEL);
+    sqe = listener_sqe(l->ring);
+    io_uring_prep_cancel64(sqe, UDL_ACCEPT_COMPAT, IORING_ASYNC_CANCEL_ALL);
+    io_uring_sqe_set_data64(sqe, UDL_CANCEL);
     io_uring_submit(l->ring);
-    while (l->accepts > 0) {
+    while (l->accepts + l->caccepts > 0) {
         struct __kernel_timespec ts = {.tv_sec = 1};
         struct io_uring_cqe *cqe;
         int rc = io_uring_wait_cqe_timeout(l->ring, &cqe, &ts);
@@ -398,8 +422,12 @@ static void accept_cancel_all(struct listener *l)
             continue;
         if (rc < 0)
             return;
-        if (io_uring_cqe_get_data64(cqe) == UDL_ACCEPT) {
-            l->accepts--;
+        uint64_t ud = io_uring_cqe_get_data64(cqe);
+        if (ud == UDL_ACCEPT || ud == UDL_ACCEPT_COMPAT) {
+            if (ud == UDL_ACCEPT)
+                l->accepts--;
+            else
+                l->caccepts--;
             if (cqe->res >= 0)
                 close(cqe->res);
         }
@@ -421,6 +449,13 @@ static void stop_accepting(struct listener *l, const char *why)
     if (b->listen_unlink) {
         unlink(b->listen_path);
         b->listen_unlink = false;
+    }
+    if (b->compat_fd >= 0)
+        close(b->compat_fd);
+    b->compat_fd = -1;
+    if (b->compat_unlink) {
+        unlink(b->compat_path);
+        b->compat_unlink = false;
     }
     atomic_store_explicit(&b->accepting, false, memory_order_relaxed);
     if (why)
@@ -450,8 +485,8 @@ static int listener_loop(struct listener *l)
         {
             seen++;
             uint64_t ud = io_uring_cqe_get_data64(cqe);
-            if (ud == UDL_ACCEPT) {
-                on_accept_cqe(l, cqe->res);
+            if (ud == UDL_ACCEPT || ud == UDL_ACCEPT_COMPAT) {
+                on_accept_cqe(l, cqe->res, ud == UDL_ACCEPT_COMPAT);
             } else if (ud == UDL_BACKOFF) {
                 l->backoff_armed = false;
                 reserve_take(&l->reserve);

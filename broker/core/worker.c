@@ -59,7 +59,7 @@ static void drain_inbox(struct worker *w)
 {
     void *v;
     while (ring_spsc_try_pop(&w->inbox, &v))
-        client_new(w, (int)(intptr_t)v - 1);
+        client_new(w, (int)((uintptr_t)v & INBOX_FD_MASK) - 1, ((uintptr_t)v & INBOX_COMPAT) != 0);
 }
 
 static void on_msg(struct worker *w, uint64_t ud, int res)
@@ -339,9 +339,10 @@ int worker_ring_fd(const struct worker *w)
     return w->ring_fd;
 }
 
-bool worker_inbox_push(struct worker *w, int fd)
+bool worker_inbox_push(struct worker *w, int fd, bool compat)
 {
-    return ring_spsc_try_push(&w->inbox, (void *)(intptr_t)(fd + 1));
+    uintptr_t v = (uintptr_t)(fd + 1) | (compat ? INBOX_COMPAT : 0);
+    return ring_spsc_try_push(&w->inbox, (void *)v);
 }
 
 bool worker_exited(const struct worker *w)
@@ -362,7 +363,7 @@ void worker_free(struct worker *w)
     }
     void *v;
     while (ring_spsc_try_pop(&w->inbox, &v))
-        close((int)(intptr_t)v - 1);
+        close((int)((uintptr_t)v & INBOX_FD_MASK) - 1);
     if (w->ring_ok)
         io_uring_queue_exit(&w->ring);
     ring_spsc_destroy(&w->inbox);

@@ -113,6 +113,7 @@ struct client {
     struct client *next_dirty;
     struct req *wq_head, *wq_tail; /* requests waiting for a backend slot (fairq.c) */
     uint64_t rl_key;               /* rate-limit identity (admit.c) */
+    struct compat *compat;         /* NULL: NDJSON; else the add-on protocol (compat.c) */
 };
 
 /* Request counts of one worker for one backend. One writer (the worker),
@@ -252,12 +253,14 @@ static inline struct proto_span req_id(const struct req *r)
 }
 
 /* client.c */
-void client_new(struct worker *w, int fd);
+void client_new(struct worker *w, int fd, bool compat);
 void client_free(struct worker *w, struct client *c);
 void client_mark_dirty(struct worker *w, struct client *c);
 void client_mark_all_dirty(struct worker *w);
 void client_on_recv(struct worker *w, struct client *c, int res);
 void client_on_send(struct worker *w, struct client *c, int res);
+/* Not read further now: too many requests open or too much output queued. */
+bool client_paused(const struct worker *w, const struct client *c);
 /* End of a round: every touched client takes the lines it may send now,
  * pushes its output, reads more, or closes. */
 void client_flush_dirty(struct worker *w);

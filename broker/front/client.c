@@ -13,6 +13,9 @@
  * client's output goes out in one send (c->out and c->wbuf swap, so the
  * kernel reads one buffer while the next fills).
  *
+ * Compat clients (compat_listen, compat.c) differ only in framing and
+ * answer encoding: client_process hands them to compat_process.
+ *
  * Back-pressure: a client is not read while it has max_inflight_per_client
  * requests open or more than max_client_output_bytes waiting to be sent, so
  * a client that does not read cannot make the broker buffer without bound.
@@ -28,6 +31,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "compat.h"
 #include "log.h"
 #include "worker.h"
 
@@ -109,7 +113,7 @@ void client_emit_errorf(struct worker *w, struct client *c, const struct proto_s
     client_emit_error(w, c, id, code, msg, len, 0);
 }
 
-static bool client_paused(const struct worker *w, const struct client *c)
+bool client_paused(const struct worker *w, const struct client *c)
 {
     const struct broker_config *cfg = bcfg(w->b);
     return c->inflight >= cfg->rate_limit.max_inflight_per_client ||
@@ -121,6 +125,10 @@ static bool client_paused(const struct worker *w, const struct client *c)
  * are never mistaken for one over-long line) or the start of one line. */
 static void client_process(struct worker *w, struct client *c)
 {
+    if (c->compat) {
+        compat_process(w, c); /* framed by JSON completeness, one at a time */
+        return;
+    }
     uint64_t max = bcfg(w->b)->max_request_bytes;
     size_t pos = 0;
     bool partial = false; /* stopped at a line without its newline */
@@ -200,6 +208,7 @@ void client_free(struct worker *w, struct client *c)
     w->nclients--;
     atomic_fetch_sub_explicit(&w->b->nclients, 1, memory_order_relaxed);
     free(c->in);
+    compat_detach(c);
     proto_buf_free(&c->out);
     proto_buf_free(&c->wbuf);
     free(c);
@@ -249,7 +258,7 @@ void client_flush_dirty(struct worker *w)
     }
 }
 
-void client_new(struct worker *w, int fd)
+void client_new(struct worker *w, int fd, bool compat)
 {
     struct client *c = calloc(1, sizeof *c);
     char *in = malloc(CLIENT_IN_INITIAL);
@@ -265,6 +274,14 @@ void client_new(struct worker *w, int fd)
     c->fd = fd;
     c->in = in;
     c->in_cap = CLIENT_IN_INITIAL;
+    if (compat && compat_attach(w, c) < 0) {
+        free(c);
+        free(in);
+        close(fd);
+        atomic_fetch_sub_explicit(&w->b->nclients, 1, memory_order_relaxed);
+        log_write(LOG_LEVEL_ERROR, "out of memory accepting a client", LOG_INT("fd", fd));
+        return;
+    }
     admit_identify(w, c);
     proto_buf_init(&c->out);
     proto_buf_init(&c->wbuf);

@@ -15,7 +15,7 @@
 
 /* Top-level (or section) paths not in effect yet. */
 static const char *const pending_top[] = {
-    "compat_listen",
+    NULL, /* every key is in effect: the list ends here */
 };
 
 static json_t *dump(const struct broker_config *cfg)
@@ -51,7 +51,7 @@ int pending_keys(const struct broker_config *cfg, void (*fn)(void *arg, const ch
     if (!cur || !dflt)
         goto out;
     n = 0;
-    for (size_t i = 0; i < sizeof pending_top / sizeof pending_top[0]; i++)
+    for (size_t i = 0; pending_top[i]; i++)
         if (!json_equal(at(cur, pending_top[i]), at(dflt, pending_top[i]))) {
             fn(arg, pending_top[i]);
             n++;

@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "compat.h"
 #include "log.h"
 #include "validate.h"
 #include "worker.h"
@@ -204,7 +205,8 @@ static bool req_parse(struct worker *w, struct client *c, const char *line, size
 {
     static struct log_ratelimit rl_bad = LOG_RATELIMIT_INIT("bad_request", 10, 20);
     struct proto_error pe;
-    if (proto_parse_request(line, len, &w->limits, rq, &pe) == 0)
+    if ((c->compat ? compat_parse(c, line, len, rq, &pe)
+                   : proto_parse_request(line, len, &w->limits, rq, &pe)) == 0)
         return true;
     LOG_RATELIMITED_BY(&rl_bad, LOG_LEVEL_INFO, "refused request line",
                        LOG_STR("code", proto_code_name(pe.code), strlen(proto_code_name(pe.code))),

@@ -221,6 +221,55 @@ static int check_fields(const char *line, const struct frame_scanner *sc, struct
     return 0;
 }
 
+void proto_request_scanner_init(struct frame_scanner *sc, const struct proto_limits *lim,
+                                uint32_t frame_flags)
+{
+    uint32_t max_depth = lim && lim->max_json_depth ? lim->max_json_depth : DEFAULT_MAX_JSON_DEPTH;
+
+    frame_init(sc, max_depth, frame_flags);
+    for (unsigned k = 0; k < K_COUNT; k++)
+        frame_watch(sc, req_keys[k].name, req_keys[k].len); /* static keys: cannot fail */
+}
+
+static void request_defaults(struct proto_request *out, struct proto_error *err)
+{
+    memset(out, 0, sizeof(*out));
+    out->params = (struct proto_span){"{}", 2};
+    out->params_ascii = true;
+    out->cache = true;
+    err->id = (struct proto_span){NULL, 0};
+}
+
+/* The checks after the scan: escaped keys, id (or the fixed one), fields. */
+static int request_check(const char *buf, const struct frame_scanner *sc, unsigned flags,
+                         struct proto_request *out, struct proto_error *err)
+{
+    int rc;
+
+    if (frame_key_escaped(sc))
+        return req_fail(err, PROTO_BAD_REQUEST, -EINVAL,
+                        "top-level keys must be written without escape sequences");
+    if (flags & PROTO_REQ_NO_ID) {
+        out->id = (struct proto_span){"0", 1}; /* the protocol has none: ours */
+    } else {
+        rc = check_id(buf, frame_member_at(sc, K_ID), out, err);
+        if (rc < 0)
+            return rc;
+        err->id = out->id;
+    }
+    return check_fields(buf, sc, out, err);
+}
+
+int proto_request_from_scanner(const char *buf, size_t len, const struct frame_scanner *sc,
+                               unsigned flags, struct proto_request *out, struct proto_error *err)
+{
+    (void)len;
+    request_defaults(out, err);
+    if (frame_top_kind(sc) != FRAME_KIND_OBJECT)
+        return req_fail(err, PROTO_BAD_REQUEST, -EINVAL, "request must be a JSON object");
+    return request_check(buf, sc, flags, out, err);
+}
+
 int proto_parse_request(const char *line, size_t len, const struct proto_limits *lim,
                         struct proto_request *out, struct proto_error *err)
 {
@@ -231,21 +280,14 @@ int proto_parse_request(const char *line, size_t len, const struct proto_limits 
     size_t used, rest;
     int rc;
 
-    memset(out, 0, sizeof(*out));
-    out->params = (struct proto_span){"{}", 2};
-    out->params_ascii = true;
-    out->cache = true;
-    err->id = (struct proto_span){NULL, 0};
-
+    request_defaults(out, err);
     if (len > 0 && line[len - 1] == '\r')
         len--;
     if (len > max_bytes)
         return req_fail(err, PROTO_TOO_LARGE, -E2BIG,
                         "request exceeds max_request_bytes (%zu bytes)", max_bytes);
 
-    frame_init(&sc, max_depth, FRAME_F_TOP_OBJECT);
-    for (unsigned k = 0; k < K_COUNT; k++)
-        frame_watch(&sc, req_keys[k].name, req_keys[k].len); /* static keys: cannot fail */
+    proto_request_scanner_init(&sc, lim, FRAME_F_TOP_OBJECT);
     rc = frame_feed(&sc, line, len, &used);
     if (rc == FRAME_MORE)
         rc = frame_finish(&sc);
@@ -256,15 +298,15 @@ int proto_parse_request(const char *line, size_t len, const struct proto_limits 
         return req_fail(err, PROTO_BAD_REQUEST, -EINVAL,
                         "extra data after the JSON object at offset %zu",
                         used + frame_ws_span(line + used, rest));
-    if (frame_key_escaped(&sc))
-        return req_fail(err, PROTO_BAD_REQUEST, -EINVAL,
-                        "top-level keys must be written without escape sequences");
+    return request_check(line, &sc, 0, out, err);
+}
 
-    rc = check_id(line, frame_member_at(&sc, K_ID), out, err);
-    if (rc < 0)
-        return rc;
-    err->id = out->id;
-    return check_fields(line, &sc, out, err);
+const char *proto_request_syntax_error(int rc, const struct frame_scanner *sc,
+                                       struct proto_error *err)
+{
+    syntax_fail(err, rc, sc, sc->max_depth);
+    err->id = (struct proto_span){NULL, 0};
+    return err->msg;
 }
 
 /* ---- output buffer ---------------------------------------------------- */

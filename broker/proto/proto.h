@@ -112,6 +112,27 @@ int proto_parse_request(const char *line, size_t len, const struct proto_limits 
  * becomes U+FFFD. Returns the length, or SIZE_MAX when cap is too small. */
 size_t proto_json_string_decode(const char *tok, size_t len, char *out, size_t cap);
 
+/*
+ * The same parse in two steps, for a caller that frames requests itself by
+ * JSON completeness (the add-on protocol of the compat listener, front/
+ * compat.c): proto_request_scanner_init prepares a scanner that watches the
+ * request keys (max_json_depth from lim; frame_flags as frame_init); the
+ * caller feeds it incrementally, and once it returned FRAME_DONE on
+ * buf[0..len) (buf[0] is stream offset 0) proto_request_from_scanner checks
+ * the fields from the captured spans without scanning again. A top-level
+ * value other than an object is bad_request. flags: PROTO_REQ_NO_ID - the
+ * protocol has no id: any "id" member is ignored and out->id is "0".
+ * proto_request_syntax_error fills err for a scanner that failed with rc (a
+ * FRAME_E_* code) and returns its message. Neither allocates.
+ */
+#define PROTO_REQ_NO_ID 0x1u
+void proto_request_scanner_init(struct frame_scanner *sc, const struct proto_limits *lim,
+                                uint32_t frame_flags);
+int proto_request_from_scanner(const char *buf, size_t len, const struct frame_scanner *sc,
+                               unsigned flags, struct proto_request *out, struct proto_error *err);
+const char *proto_request_syntax_error(int rc, const struct frame_scanner *sc,
+                                       struct proto_error *err);
+
 /* --- output buffer ----------------------------------------------------- */
 
 struct proto_buf {
