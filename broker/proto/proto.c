@@ -270,6 +270,18 @@ int proto_request_from_scanner(const char *buf, size_t len, const struct frame_s
     return request_check(buf, sc, flags, out, err);
 }
 
+/* A request refused for its nesting is still an object whose members up to
+ * the deep part were scanned: a complete, valid id among them is echoed. */
+static void echo_id_seen(const char *line, const struct frame_scanner *sc, struct proto_error *err)
+{
+    const struct frame_member *m = frame_member_at(sc, K_ID);
+    struct proto_request tmp;
+    struct proto_error ignored;
+    if (m->kind != FRAME_KIND_NONE && m->end > m->start && !m->duplicate &&
+        check_id(line, m, &tmp, &ignored) == 0)
+        err->id = tmp.id;
+}
+
 int proto_parse_request(const char *line, size_t len, const struct proto_limits *lim,
                         struct proto_request *out, struct proto_error *err)
 {
@@ -291,8 +303,12 @@ int proto_parse_request(const char *line, size_t len, const struct proto_limits 
     rc = frame_feed(&sc, line, len, &used);
     if (rc == FRAME_MORE)
         rc = frame_finish(&sc);
-    if (rc < 0)
-        return syntax_fail(err, rc, &sc, max_depth);
+    if (rc < 0) {
+        int fail = syntax_fail(err, rc, &sc, max_depth);
+        if (rc == FRAME_E_DEPTH) /* well-formed up to the deep part: echo an id seen before it */
+            echo_id_seen(line, &sc, err);
+        return fail;
+    }
     rest = len - used;
     if (frame_ws_span(line + used, rest) != rest)
         return req_fail(err, PROTO_BAD_REQUEST, -EINVAL,

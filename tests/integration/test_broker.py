@@ -314,7 +314,9 @@ def bad_input(env):
         (b'{"id":"s12","type":"echo","params":null}\n', "s12", "bad_request"),
         (b'{"id":13,"type":"echo"} trailing\n', None, "bad_request"),
         (b'{"id":14,"type":"echo","params":{"a":' + b"[" * 70 + b"]" * 70 + b"}}\n",
-         None, "bad_request"),
+         14, "bad_request"),  # the id came before the deep part: echoed
+        (b'{"type":"echo","params":{"a":' + b"[" * 70 + b"]" * 70 + b'},"id":16}\n',
+         None, "bad_request"),  # the id after it was never read
         (b'{"id":15,"type":"echo","params":{"a":"x\x01"}}\n', None, "bad_request"),
     ]
     with b.connect() as c:

@@ -253,6 +253,13 @@ Test(proto_request, limits)
     const char *d4 = "{\"id\":1,\"type\":\"a\",\"params\":{\"a\":[[]]}}";
     cr_assert_eq(proto_parse_request(d4, strlen(d4), &lim, &r, &e), -EINVAL);
     cr_assert(strstr(e.msg, "max_json_depth (3)"), "%s", e.msg);
+    /* the id came before the deep part: echoed, so a client can match it */
+    cr_assert_not_null(e.id.ptr);
+    cr_assert_eq(e.id.len, 1);
+    cr_assert_eq(e.id.ptr[0], '1');
+    const char *late = "{\"type\":\"a\",\"params\":{\"a\":[[]]},\"id\":2}";
+    cr_assert_eq(proto_parse_request(late, strlen(late), &lim, &r, &e), -EINVAL);
+    cr_assert_null(e.id.ptr, "an id after the deep part was never reached");
 
     /* default depth 64 */
     char deep[256];
