@@ -153,6 +153,7 @@ def main():
                 # The rate limit stays on (its bucket runs per request) but
                 # far above any load this host can offer.
                 cfg = {"listen": sock, "workers": nw, "log": {"level": "warn"},
+                       "admin_listen": os.path.join(tmp, "%s%d.admin.sock" % (name, nw)),
                        "cache": {"max_bytes": 0},
                        "rate_limit": {"rate": 10000000, "burst": 100000000},
                        "backends": [{"name": "mock", "address": backend, "pool_size": a.pool}]}

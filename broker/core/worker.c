@@ -102,7 +102,7 @@ static void dispatch(struct worker *w, struct io_uring_cqe *cqe)
     uint64_t ud = io_uring_cqe_get_data64(cqe);
     switch (UD_TAG(ud)) {
     case UD_CLIENT_RECV:
-        client_on_recv(w, UD_PTR(ud), cqe->res);
+        client_on_recv(w, UD_PTR(ud), cqe->res, cqe->flags);
         break;
     case UD_CLIENT_SEND:
         client_on_send(w, UD_PTR(ud), cqe->res);
@@ -217,6 +217,10 @@ static void *worker_main(void *arg)
                   LOG_UINT("worker", w->id));
         return NULL;
     }
+    if (!rxbuf_setup(&w->rx, &w->ring, bcfg(w->b)->client_rx_buffers))
+        log_write(LOG_LEVEL_INFO,
+                  "io_uring provided buffers unavailable: each client keeps a receive buffer",
+                  LOG_UINT("worker", w->id));
     health_start(w);
     for (;;) {
         if (worker_finished(w))
@@ -366,6 +370,7 @@ void worker_free(struct worker *w)
         close((int)((uintptr_t)v & INBOX_FD_MASK) - 1);
     if (w->ring_ok)
         io_uring_queue_exit(&w->ring);
+    rxbuf_free(&w->rx); /* after the ring: the kernel no longer refers to it */
     ring_spsc_destroy(&w->inbox);
     request_store_free(w);
     free(w->heap);

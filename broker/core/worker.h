@@ -35,8 +35,10 @@
 
 #include "broker.h"
 #include "ratelimit.h"
+#include "rxbuf.h"
 
-#define CLIENT_IN_INITIAL (16u * 1024u)
+#define CLIENT_IN_INITIAL 1024u /* a busy client's own buffer to start with; doubles as needed */
+#define CLIENT_IN_MIN     512u          /* smallest copy of shared-buffer bytes (rxbuf.c) */
 #define REQ_CHUNK         256u
 #define REQ_MAX_CHUNKS    4096u /* 1M requests per worker, far above max_inflight */
 /* After shutdown_grace_ms, answers already written get this long to reach
@@ -101,6 +103,9 @@ struct client {
     char *in;
     size_t in_len, in_cap;
     bool skipping; /* discarding an over-long line up to its newline */
+    bool rx_direct; /* the shared buffers ran dry: read into c->in this once (rxbuf.c) */
+    bool rx_filled; /* the last read into c->in took all the room offered */
+    size_t rx_offered;
     bool recv_armed, send_armed;
     bool eof;              /* peer finished sending */
     bool dead;             /* peer gone or fatal error: discard output */
@@ -173,11 +178,14 @@ struct worker {
     struct wstats *bstats;                    /* [nbackends] */
     struct lat_hist *lat;                     /* [nbackends] latency histograms */
     _Atomic uint64_t errors[PROTO_CODE_COUNT]; /* error answers by code */
+    _Atomic uint64_t rx_nobufs; /* client recvs that found no shared buffer free (rxbuf.c) */
     /* retries (retry.c): milli-tokens per backend, and the jitter source */
     uint32_t *retry_budget;
     uint64_t rng;
     /* an answer that goes to several clients (coalescing leader) */
     struct proto_buf scratch;
+    /* shared client receive buffers (rxbuf.c) */
+    struct rxbuf rx;
     /* params a validation rewrote (a folded search query), for the line
      * being handled only (validate.c) */
     struct proto_buf vparams;
@@ -257,7 +265,7 @@ void client_new(struct worker *w, int fd, bool compat);
 void client_free(struct worker *w, struct client *c);
 void client_mark_dirty(struct worker *w, struct client *c);
 void client_mark_all_dirty(struct worker *w);
-void client_on_recv(struct worker *w, struct client *c, int res);
+void client_on_recv(struct worker *w, struct client *c, int res, unsigned cqe_flags);
 void client_on_send(struct worker *w, struct client *c, int res);
 /* Not read further now: too many requests open or too much output queued. */
 bool client_paused(const struct worker *w, const struct client *c);

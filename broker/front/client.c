@@ -2,8 +2,15 @@
  * client.c - a client connection: read, split into lines, queue answers,
  * back-pressure, close.
  *
- * Reading: one recv at a time into c->in; complete lines go to
- * request_line() (request.c) in order. A line longer than max_request_bytes
+ * Reading: one recv at a time; complete lines go to request_line()
+ * (request.c) in order. An idle client (nothing buffered, no request open)
+ * holds no receive buffer: its recv picks one of the worker's shared
+ * buffers when data comes (rxbuf.c) and the bytes are copied into c->in,
+ * allocated to fit. A busy client reads straight into c->in (from
+ * CLIENT_IN_INITIAL, doubling as lines need), as a pipelining client should:
+ * no copy, no allocation per read. Answer buffers are dropped once
+ * everything is sent and nothing is open. So a fresh connection costs its
+ * struct client, and one that went quiet after a request one small buffer. A line longer than max_request_bytes
  * is answered too_large once and skipped up to its newline; the size check
  * applies only to a line still missing its newline, never to complete lines
  * waiting their turn. At EOF a last line without a newline is still a
@@ -175,22 +182,50 @@ static void client_arm_recv(struct worker *w, struct client *c)
      * each gets one (shutting_down); idle clients are closed instead. */
     if (c->recv_armed || c->eof || c->dead || c->closing || client_paused(w, c))
         return;
-    if (c->in_len == c->in_cap) {
-        /* Room for one byte past the limit, so an over-long line shows. */
-        size_t limit = (size_t)bcfg(w->b)->max_request_bytes + 1;
-        size_t cap = c->in_cap * 2 > limit ? limit : c->in_cap * 2;
-        if (cap <= c->in_cap)
-            return; /* full of complete lines we may not take yet: wait */
-        char *in = realloc(c->in, cap);
-        if (!in) {
+    if (c->in_len == 0 && c->inflight == 0 && w->rx.ring && !c->rx_direct) {
+        free(c->in); /* idle: no buffer of its own while it waits */
+        c->in = NULL;
+        c->in_cap = 0;
+        struct io_uring_sqe *sqe = worker_sqe(w);
+        io_uring_prep_recv(sqe, c->fd, NULL, RXBUF_SIZE, 0);
+        sqe->flags |= IOSQE_BUFFER_SELECT;
+        sqe->buf_group = RXBUF_GROUP;
+        io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)c | UD_CLIENT_RECV);
+        c->recv_armed = true;
+        c->ops++;
+        return;
+    }
+    c->rx_direct = false;
+    if (!c->in) {
+        c->in = malloc(CLIENT_IN_INITIAL);
+        if (!c->in) {
             c->dead = true;
             return;
         }
-        c->in = in;
-        c->in_cap = cap;
+        c->in_cap = CLIENT_IN_INITIAL;
     }
+    /* Full: room for more of the line. The last read filled all the room it
+     * had: a client sending in bulk gets bigger reads (up to RXBUF_SIZE). */
+    if (c->in_len == c->in_cap || (c->rx_filled && c->in_cap < RXBUF_SIZE)) {
+        /* Room for one byte past the limit, so an over-long line shows. */
+        size_t limit = (size_t)bcfg(w->b)->max_request_bytes + 1;
+        size_t cap = c->in_cap * 2 > limit ? limit : c->in_cap * 2;
+        if (cap <= c->in_cap && c->in_len == c->in_cap)
+            return; /* full of complete lines we may not take yet: wait */
+        if (cap > c->in_cap) {
+            char *in = realloc(c->in, cap);
+            if (!in) {
+                c->dead = true;
+                return;
+            }
+            c->in = in;
+            c->in_cap = cap;
+        }
+    }
+    c->rx_filled = false;
+    c->rx_offered = c->in_cap - c->in_len;
     struct io_uring_sqe *sqe = worker_sqe(w);
-    io_uring_prep_recv(sqe, c->fd, c->in + c->in_len, c->in_cap - c->in_len, 0);
+    io_uring_prep_recv(sqe, c->fd, c->in + c->in_len, c->rx_offered, 0);
     io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)c | UD_CLIENT_RECV);
     c->recv_armed = true;
     c->ops++;
@@ -261,10 +296,8 @@ void client_flush_dirty(struct worker *w)
 void client_new(struct worker *w, int fd, bool compat)
 {
     struct client *c = calloc(1, sizeof *c);
-    char *in = malloc(CLIENT_IN_INITIAL);
-    if (!c || !in) {
-        free(c);
-        free(in);
+    char *in = NULL; /* its receive buffer comes with its first bytes */
+    if (!c) {
         close(fd);
         atomic_fetch_sub_explicit(&w->b->nclients, 1, memory_order_relaxed);
         log_write(LOG_LEVEL_ERROR, "out of memory accepting a client", LOG_INT("fd", fd));
@@ -273,7 +306,7 @@ void client_new(struct worker *w, int fd, bool compat)
     c->w = w;
     c->fd = fd;
     c->in = in;
-    c->in_cap = CLIENT_IN_INITIAL;
+    c->in_cap = 0;
     if (compat && compat_attach(w, c) < 0) {
         free(c);
         free(in);
@@ -293,12 +326,44 @@ void client_new(struct worker *w, int fd, bool compat)
     client_mark_dirty(w, c);
 }
 
-void client_on_recv(struct worker *w, struct client *c, int res)
+/* Bytes that came in a shared buffer: into c->in (empty: the recv was armed
+ * only then), sized to them; the buffer goes straight back. */
+static bool client_take_rxbuf(struct worker *w, struct client *c, unsigned bid, int res)
+{
+    bool ok = true;
+    if (res > 0) {
+        size_t n = (size_t)res, cap = n < CLIENT_IN_MIN ? CLIENT_IN_MIN : n;
+        char *in = c->in_cap >= c->in_len + n ? c->in : realloc(c->in, c->in_len + cap);
+        if (in) {
+            if (in != c->in)
+                c->in_cap = c->in_len + cap;
+            c->in = in;
+            memcpy(c->in + c->in_len, rxbuf_data(&w->rx, bid), n);
+            c->in_len += n;
+        } else {
+            ok = false;
+        }
+    }
+    rxbuf_put(&w->rx, bid);
+    return ok;
+}
+
+void client_on_recv(struct worker *w, struct client *c, int res, unsigned cqe_flags)
 {
     c->recv_armed = false;
     c->ops--;
-    if (res > 0)
+    if (cqe_flags & IORING_CQE_F_BUFFER) {
+        if (!client_take_rxbuf(w, c, cqe_flags >> IORING_CQE_BUFFER_SHIFT, res))
+            c->dead = true;
+        else if (res == 0)
+            c->eof = true;
+    } else if (res == -ENOBUFS) {
+        c->rx_direct = true; /* every shared buffer in use: read into our own */
+        wstat_inc(&w->rx_nobufs);
+    } else if (res > 0) {
         c->in_len += (size_t)res;
+        c->rx_filled = (size_t)res == c->rx_offered;
+    }
     else if (res == 0)
         c->eof = true;
     else if (res != -EINTR && res != -EAGAIN)
@@ -319,6 +384,13 @@ void client_on_send(struct worker *w, struct client *c, int res)
     if (c->dead) {
         c->out.len = 0;
         c->wbuf.len = c->woff = 0;
+    }
+    if (c->woff == c->wbuf.len && c->out.len == 0 && c->inflight == 0) {
+        /* Everything sent and nothing open: an idle client keeps no answer
+         * buffers (one with requests open keeps them for their answers). */
+        proto_buf_free(&c->wbuf);
+        proto_buf_free(&c->out);
+        c->woff = 0;
     }
     client_mark_dirty(w, c);
 }

@@ -324,6 +324,10 @@ static const struct config_key top_keys[] = {
     K_SIZE(TOP, "max_client_output_bytes", R | CONFIG_F_EXTRA, max_client_output_bytes, 4194304,
            4096, GiB,
            "Responses queued for one client before the broker stops reading its requests."),
+    K_U32(TOP, "client_rx_buffers", CONFIG_F_EXTRA, client_rx_buffers, 64, 1, 4096,
+          "Receive buffers of 16 KiB each worker shares among its clients (io_uring provided "
+          "buffers, rounded up to a power of two): an idle client holds none. When all are in "
+          "use at once a client reads into a buffer of its own that time."),
     {.name = "backends",
      .type = CONFIG_T_BACKENDS,
      .offset = offsetof(TOP, backends),

@@ -158,6 +158,7 @@ struct broker_config {
     uint32_t max_json_depth;
     int64_t shutdown_grace_ms;
     uint64_t max_client_output_bytes; /* extra key */
+    uint32_t client_rx_buffers;       /* extra key: shared receive buffers per worker */
     struct backend_config *backends;  /* nbackends >= 1 entries; [0] is the default */
     size_t nbackends;
     struct config_cache cache;

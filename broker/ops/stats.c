@@ -109,6 +109,10 @@ json_t *stats_json(struct broker *b)
     json_object_set_new(o, "errors", errors);
     json_object_set_new(o, "rate_limited", u64(LD(b->rate_limited)));
     json_object_set_new(o, "peers_refused", u64(LD(b->peers_refused)));
+    uint64_t nobufs = 0;
+    for (uint32_t i = 0; i < b->nworkers; i++)
+        nobufs += LD(b->workers[i]->rx_nobufs);
+    json_object_set_new(o, "rx_buffer_shortages", u64(nobufs));
     json_object_set_new(o, "backends", backends);
     return o;
 }

@@ -130,7 +130,8 @@ static const struct command commands[] = {
 static const struct command *find_command(const char *type, size_t len)
 {
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
-        if (strncmp(commands[i].type, type, len) == 0 && commands[i].type[len] == '\0')
+        if (commands[i].type[0] == type[0] && strncmp(commands[i].type, type, len) == 0 &&
+            commands[i].type[len] == '\0')
             return &commands[i];
     return NULL;
 }

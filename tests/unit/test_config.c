@@ -206,8 +206,8 @@ Test(config, table_is_well_formed)
             extras++;
     }
     /* max_client_output_bytes, cache.max_object_bytes, cache.memory_watermark_bytes,
-     * cache.serve_stale_ms, backends[].queue_order, metrics_listen */
-    cr_expect_eq(extras, 6);
+     * cache.serve_stale_ms, backends[].queue_order, metrics_listen, client_rx_buffers */
+    cr_expect_eq(extras, 7);
 }
 
 /* --- loading ----------------------------------------------------------- */
