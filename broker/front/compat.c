@@ -106,7 +106,8 @@ static size_t msg_format(char *msg, size_t cap, const char *fmt, ...)
 static void compat_consume(struct client *c, size_t n)
 {
     struct compat *k = c->compat;
-    memmove(c->in, c->in + n, c->in_len - n);
+    if (n && n < c->in_len) /* c->in may be NULL while empty (client.c) */
+        memmove(c->in, c->in + n, c->in_len - n);
     c->in_len -= n;
     k->fed = 0;
     frame_reset(&k->sc);
@@ -133,7 +134,9 @@ static bool compat_take(struct worker *w, struct client *c)
 {
     struct compat *k = c->compat;
     size_t max = (size_t)bcfg(w->b)->max_request_bytes, used = 0;
-    int rc = frame_feed(&k->sc, c->in + k->fed, c->in_len - k->fed, &used);
+    /* c->in is NULL while the client has nothing buffered (client.c) */
+    int rc = frame_feed(&k->sc, c->in_len > k->fed ? c->in + k->fed : NULL, c->in_len - k->fed,
+                        &used);
     k->fed += used;
     if (rc == FRAME_MORE && frame_top_kind(&k->sc) == FRAME_KIND_NONE) {
         compat_consume(c, k->fed); /* whitespace between requests: nothing kept */
