@@ -12,8 +12,8 @@ case "${1:-build}" in
   # verify checks the units (nothing is started: it only parses them);
   # nodejs: the Node client's tests (examples/node, Debian 12 ships Node 18);
   # blender xvfb xauth: tests/integration/test_blender.py runs a real Blender
-  # 3.4 headless (-b) and with its GUI under xvfb-run (~200 packages, ~790 MB,
-  # about a minute to install here)
+  # 3.4 headless (-b) and with its GUI under xvfb-run (apt-get install with
+  # recommends took 195 packages, 787 MB, 62 s here; fewer without them)
   test) want+=(clang libclang-rt-14-dev valgrind groff-base man-db systemd nodejs
                blender xvfb xauth) ;;
   perf) want+=(haproxy) ;;
