@@ -107,12 +107,16 @@ static int exchange(const char *path, const char *line, char **answer)
     return EXIT_UNREACHABLE;
 }
 
+/* Numbers for people: 15 significant digits (4.08, not the 17-digit
+ * round-trip form 4.0800000000000001). --json output keeps every digit. */
+#define HUMAN_REALS JSON_REAL_PRECISION(15)
+
 /* A scalar as text (strings unquoted). */
 static char *scalar_text(const json_t *v)
 {
     if (json_is_string(v))
         return strdup(json_string_value(v));
-    return json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+    return json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY | HUMAN_REALS);
 }
 
 /* Flatten obj into parallel arrays of "a.b" keys and values. */
@@ -203,7 +207,7 @@ static int print_result(const char *cmd, const json_t *res, bool as_json)
         return 0;
     }
     if (!json_is_object(res)) {
-        char *t = json_dumps(res, JSON_INDENT(2) | JSON_ENCODE_ANY);
+        char *t = json_dumps(res, JSON_INDENT(2) | JSON_ENCODE_ANY | HUMAN_REALS);
         puts(t ? t : "null");
         free(t);
         return 0;
@@ -273,6 +277,7 @@ int main(int argc, char **argv)
     }
     const char *cmd = argv[i++];
     json_t *req;
+    const char *raw_params = NULL; /* call: PARAMS_JSON as given */
     const char *path = admin;
     if (!strcmp(cmd, "call")) {
         if (i >= argc || i + 2 < argc) {
@@ -290,9 +295,9 @@ int main(int argc, char **argv)
                 return EXIT_USAGE;
             }
         }
+        json_decref(params); /* checked; sent as the user wrote it (below) */
+        raw_params = i + 1 < argc ? argv[i + 1] : NULL;
         req = json_pack("{s:i,s:s}", "id", 1, "type", argv[i]);
-        if (params)
-            json_object_set_new(req, "params", params);
         path = listen;
     } else {
         if (i < argc) {
@@ -303,6 +308,25 @@ int main(int argc, char **argv)
     }
     char *line = json_dumps(req, JSON_COMPACT | JSON_ENSURE_ASCII);
     json_decref(req);
+    if (line && raw_params) {
+        /* The params exactly as given (a re-serialised 4.08 would travel as
+         * 4.0800000000000001), on one line: a newline outside a string is
+         * whitespace, and inside one it is not valid JSON anyway. */
+        size_t ll0 = strlen(line), pl = strlen(raw_params);
+        char *with = malloc(ll0 + pl + 16);
+        if (with) {
+            memcpy(with, line, ll0 - 1); /* without the closing brace */
+            size_t o = ll0 - 1;
+            memcpy(with + o, ",\"params\":", 10);
+            o += 10;
+            for (size_t k = 0; k < pl; k++)
+                with[o++] = raw_params[k] == '\n' || raw_params[k] == '\r' ? ' ' : raw_params[k];
+            with[o++] = '}';
+            with[o] = '\0';
+        }
+        free(line);
+        line = with;
+    }
     size_t ll = line ? strlen(line) : 0;
     char *full = line ? malloc(ll + 2) : NULL;
     if (!full) {
@@ -320,6 +344,11 @@ int main(int argc, char **argv)
         return rc;
     json_error_t e;
     json_t *ans = json_loads(answer, 0, &e);
+    /* call --json prints the broker's own bytes: re-serialising would
+     * rewrite numbers (4.08 as 4.0800000000000001) and escapes. */
+    bool raw = as_json && !strcmp(cmd, "call") && json_is_object(ans);
+    if (raw)
+        puts(answer);
     free(answer);
     if (!json_is_object(ans)) {
         fprintf(stderr, "brokerctl: the answer is not a JSON object\n");
@@ -329,8 +358,8 @@ int main(int argc, char **argv)
     const char *status = json_string_value(json_object_get(ans, "status"));
     if (!status || strcmp(status, "success") != 0) {
         json_t *err = json_object_get(ans, "error");
-        if (as_json && !strcmp(cmd, "call")) {
-            print_result(cmd, ans, true);
+        if (raw) {
+            /* printed above */
         } else {
             fprintf(stderr, "brokerctl: %s: %s\n",
                     json_string_value(json_object_get(err, "code")) ?: "error",
@@ -339,8 +368,10 @@ int main(int argc, char **argv)
         json_decref(ans);
         return EXIT_ANSWER_ERROR;
     }
-    if (!strcmp(cmd, "call"))
-        rc = print_result(cmd, as_json ? ans : json_object_get(ans, "result"), as_json);
+    if (raw)
+        rc = 0;
+    else if (!strcmp(cmd, "call"))
+        rc = print_result(cmd, json_object_get(ans, "result"), false);
     else
         rc = print_result(cmd, json_object_get(ans, "result"), as_json);
     json_decref(ans);

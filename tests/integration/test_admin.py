@@ -326,6 +326,12 @@ def brokerctl_human_and_json(env):
     assert p.returncode == 0 and re.search(r"^params\.a\s+1$", p.stdout, re.M), p.stdout
     p = ctl(env, "--listen", b.path, "--json", "call", "get_scene_info")
     assert p.returncode == 0 and json.loads(p.stdout)["status"] == "success", p.stdout
+    # numbers travel and print as written: 4.08, never 4.0800000000000001
+    p = ctl(env, "--listen", b.path, "--json", "call", "echo", '{"x": 4.08,\n "n": 1e2}')
+    assert p.returncode == 0 and "4.08" in p.stdout and "4.0800" not in p.stdout, p.stdout
+    assert json.loads(p.stdout)["result"]["params"] == {"x": 4.08, "n": 100.0}, p.stdout
+    p = ctl(env, "--listen", b.path, "call", "echo", '{"x": 4.08}')
+    assert re.search(r"^params\.x\s+4\.08$", p.stdout, re.M), p.stdout
     p = ctl(env, "--listen", b.path, "call", "echo", "[1]")
     assert p.returncode == 2 and "must be a JSON object" in p.stderr, p.stderr
     p = ctl(env, *sock, "frobnicate")
