@@ -1121,11 +1121,31 @@ static int load_root(struct broker_config *cfg, const json_t *root, struct pctx 
     return 0;
 }
 
+/* jansson quotes the offending token raw ("invalid escape near '"a\<LF>'"):
+ * its control bytes are written as \xNN so the message stays one printable
+ * line, as quote_value does for values. */
+static void printable(char *out, size_t cap, const char *s)
+{
+    size_t o = 0;
+
+    for (; *s && o + 5 < cap; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch < 0x20 || ch == 0x7F)
+            o += (size_t)snprintf(out + o, cap - o, "\\x%02x", ch);
+        else
+            out[o++] = (char)ch;
+    }
+    out[o] = '\0';
+}
+
 static int syntax_error(struct pctx *c, const char *origin, const json_error_t *je)
 {
+    char text[JSON_ERROR_TEXT_LENGTH * 4];
+
+    printable(text, sizeof(text), je->text);
     if (c->err && c->errlen)
         snprintf(c->err, c->errlen, "%s: line %d column %d: %s", origin, je->line, je->column,
-                 je->text);
+                 text);
     return -EINVAL;
 }
 
