@@ -50,9 +50,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 struct rec {
     int rc;
-    uint64_t at;      /* DONE: value end (relative); error: error offset; EXTRA: absolute */
-    uint64_t base;    /* absolute offset of the scanner's stream offset 0 */
-    uint64_t offset;  /* frame_offset() when recorded */
+    uint64_t at;     /* DONE: value end (relative); error: error offset; EXTRA: absolute */
+    uint64_t base;   /* absolute offset of the scanner's stream offset 0 */
+    uint64_t offset; /* frame_offset() when recorded */
     uint8_t top_kind;
     bool non_ascii, key_escaped;
     struct frame_member m[FRAME_MAX_KEYS];
@@ -72,7 +72,7 @@ enum phase { PH_SCAN, PH_SEEK_NL, PH_TAIL, PH_STOP };
 struct run {
     const char *data; /* the whole stream */
     const struct plan *pl;
-    bool split;       /* the split run does the per-value checks */
+    bool split; /* the split run does the per-value checks */
     struct frame_scanner s;
     enum phase ph;
     uint64_t base;
@@ -123,8 +123,8 @@ static bool has_high(const char *p, size_t n)
 /* A member's span slices bytes of its kind. */
 static void check_member(const struct frame_member *m, const char *v, size_t vlen)
 {
-    static const char *const lit[] = {[FRAME_KIND_TRUE] = "true", [FRAME_KIND_FALSE] = "false",
-                                      [FRAME_KIND_NULL] = "null"};
+    static const char *const lit[] = {
+        [FRAME_KIND_TRUE] = "true", [FRAME_KIND_FALSE] = "false", [FRAME_KIND_NULL] = "null"};
     size_t n;
     char a, z;
 
@@ -138,17 +138,25 @@ static void check_member(const struct frame_member *m, const char *v, size_t vle
     z = v[m->end - 1];
     FUZZ_CHECK(m->non_ascii == has_high(v + m->start, n));
     switch (m->kind) {
-    case FRAME_KIND_OBJECT: FUZZ_CHECK(a == '{' && z == '}' && n >= 2); break;
-    case FRAME_KIND_ARRAY: FUZZ_CHECK(a == '[' && z == ']' && n >= 2); break;
-    case FRAME_KIND_STRING: FUZZ_CHECK(a == '"' && z == '"' && n >= 2); break;
-    case FRAME_KIND_NUMBER: FUZZ_CHECK((a == '-' || (a >= '0' && a <= '9')) && z >= '0' && z <= '9');
+    case FRAME_KIND_OBJECT:
+        FUZZ_CHECK(a == '{' && z == '}' && n >= 2);
+        break;
+    case FRAME_KIND_ARRAY:
+        FUZZ_CHECK(a == '[' && z == ']' && n >= 2);
+        break;
+    case FRAME_KIND_STRING:
+        FUZZ_CHECK(a == '"' && z == '"' && n >= 2);
+        break;
+    case FRAME_KIND_NUMBER:
+        FUZZ_CHECK((a == '-' || (a >= '0' && a <= '9')) && z >= '0' && z <= '9');
         break;
     case FRAME_KIND_TRUE:
     case FRAME_KIND_FALSE:
     case FRAME_KIND_NULL:
         FUZZ_CHECK(n == strlen(lit[m->kind]) && memcmp(v + m->start, lit[m->kind], n) == 0);
         break;
-    default: FUZZ_CHECK(!"unknown member kind");
+    default:
+        FUZZ_CHECK(!"unknown member kind");
     }
 }
 
@@ -230,7 +238,8 @@ static void check_value(const struct run *r, const char *v, size_t vlen)
     FUZZ_CHECK(with.result.ptr == fresh.result.ptr && with.result.len == fresh.result.len);
     FUZZ_CHECK(with.message.ptr == fresh.message.ptr && with.message.len == fresh.message.len);
     FUZZ_CHECK(with.message_flags == fresh.message_flags);
-    FUZZ_CHECK(!with.reason == !fresh.reason && (!with.reason || !strcmp(with.reason, fresh.reason)));
+    FUZZ_CHECK(!with.reason == !fresh.reason &&
+               (!with.reason || !strcmp(with.reason, fresh.reason)));
     if (with.kind == PROTO_REPLY_SUCCESS)
         check_success_answer(&with);
     else if (with.kind == PROTO_REPLY_ERROR)

@@ -64,9 +64,8 @@ static bool ref_int64(const char *p, size_t n, int64_t *out)
     for (; i < n; i++) {
         if (p[i] < '0' || p[i] > '9')
             return false;
-        if (__builtin_mul_overflow(v, 10, &v) ||
-            (neg ? __builtin_sub_overflow(v, p[i] - '0', &v)
-                 : __builtin_add_overflow(v, p[i] - '0', &v)))
+        if (__builtin_mul_overflow(v, 10, &v) || (neg ? __builtin_sub_overflow(v, p[i] - '0', &v)
+                                                      : __builtin_add_overflow(v, p[i] - '0', &v)))
             return false;
     }
     *out = v;
@@ -198,8 +197,7 @@ static void check_writers_ok(const struct proto_request *r)
     FUZZ_CHECK(proto_write_success(&b, &r->id, &r->params, false) == 0);
     fuzz_check_response_line(b.data, b.len);
     FUZZ_CHECK(proto_answer_id_prefix_len(&r->id) == 6 + r->id.len);
-    FUZZ_CHECK(memcmp(b.data, "{\"id\":", 6) == 0 &&
-               memcmp(b.data + 6, r->id.ptr, r->id.len) == 0);
+    FUZZ_CHECK(memcmp(b.data, "{\"id\":", 6) == 0 && memcmp(b.data + 6, r->id.ptr, r->id.len) == 0);
     proto_buf_free(&b);
 }
 
