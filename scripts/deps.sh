@@ -8,7 +8,7 @@ want=(build-essential cmake pkg-config liburing-dev libjemalloc-dev libjansson-d
       libxxhash-dev libck-dev libcriterion-dev python3 socat)
 case "${1:-build}" in
   build) ;;
-  test) want+=(clang libclang-rt-14-dev valgrind) ;;
+  test) want+=(clang libclang-rt-14-dev llvm valgrind) ;;  # llvm: llvm-symbolizer (fuzz.sh, sanitizers)
   perf) want+=(haproxy) ;;
   *) echo "usage: scripts/deps.sh [build|test|perf]" >&2; exit 2 ;;
 esac
