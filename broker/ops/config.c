@@ -75,6 +75,23 @@ static void quote_value(char *out, size_t cap, const char *s, size_t len)
     out[o] = '\0';
 }
 
+/* s with its control bytes written as \xNN, so a message stays one
+ * printable line: for texts that echo input but are not ours to quote
+ * (jansson's "invalid escape near '"a\<LF>'", an address parser's reason). */
+static void printable(char *out, size_t cap, const char *s)
+{
+    size_t o = 0;
+
+    for (; *s && o + 5 < cap; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch < 0x20 || ch == 0x7F)
+            o += (size_t)snprintf(out + o, cap - o, "\\x%02x", ch);
+        else
+            out[o++] = (char)ch;
+    }
+    out[o] = '\0';
+}
+
 static bool why(char *w, size_t wl, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static bool why(char *w, size_t wl, const char *fmt, ...)
 {
@@ -764,9 +781,10 @@ static int parse_address(struct pctx *c, const struct config_key *k, const json_
         return fail(c, path, "expected a string%s, got %s",
                     k->type == CONFIG_T_ADDRESS_OPT ? " or null" : "", json_kind(v));
     if (config_address_parse(&a, json_string_value(v), json_string_length(v), w, sizeof(w))) {
-        char q[96];
+        char q[96], reason[WHY_MAX * 4];
         quote_value(q, sizeof(q), json_string_value(v), json_string_length(v));
-        return fail(c, path, "invalid address %s: %s", q, w);
+        printable(reason, sizeof(reason), w); /* it may quote the host: "[::<LF>1]" */
+        return fail(c, path, "invalid address %s: %s", q, reason);
     }
     *p = a;
     return 0;
@@ -1119,23 +1137,6 @@ static int load_root(struct broker_config *cfg, const json_t *root, struct pctx 
     config_destroy(cfg);
     *cfg = next;
     return 0;
-}
-
-/* jansson quotes the offending token raw ("invalid escape near '"a\<LF>'"):
- * its control bytes are written as \xNN so the message stays one printable
- * line, as quote_value does for values. */
-static void printable(char *out, size_t cap, const char *s)
-{
-    size_t o = 0;
-
-    for (; *s && o + 5 < cap; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch < 0x20 || ch == 0x7F)
-            o += (size_t)snprintf(out + o, cap - o, "\\x%02x", ch);
-        else
-            out[o++] = (char)ch;
-    }
-    out[o] = '\0';
 }
 
 static int syntax_error(struct pctx *c, const char *origin, const json_error_t *je)

@@ -404,6 +404,9 @@ Test(config, syntax_error_is_one_printable_line)
 {
     expect_error("{\"a\\\n\": 1}", "invalid escape", "\\x0a");
     cr_expect(strchr(err, '\n') == NULL, "message spans lines: %s", err);
+    /* regress-address-reason-newline: the address parser's reason quotes the host */
+    expect_error("{\"compat_listen\": \"[::\\n1]:9876\"}", "is not an IPv6 address", "\\x0a");
+    cr_expect(strchr(err, '\n') == NULL, "message spans lines: %s", err);
 }
 
 /*
