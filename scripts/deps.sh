@@ -8,13 +8,13 @@ want=(build-essential cmake pkg-config liburing-dev libjemalloc-dev libjansson-d
       libxxhash-dev libck-dev libcriterion-dev python3 socat)
 case "${1:-build}" in
   build) ;;
-  # groff-base, man-db: the man pages are checked; systemd: systemd-analyze
+  # llvm: llvm-symbolizer (fuzz.sh, sanitizers); groff-base, man-db: the man pages are checked; systemd: systemd-analyze
   # verify checks the units (nothing is started: it only parses them);
   # nodejs: the Node client's tests (examples/node, Debian 12 ships Node 18);
   # blender xvfb xauth: tests/integration/test_blender.py runs a real Blender
   # 3.4 headless (-b) and with its GUI under xvfb-run (apt-get install with
   # recommends took 195 packages, 787 MB, 62 s here; fewer without them)
-  test) want+=(clang libclang-rt-14-dev valgrind groff-base man-db systemd nodejs
+  test) want+=(clang libclang-rt-14-dev llvm valgrind groff-base man-db systemd nodejs
                blender xvfb xauth) ;;
   perf) want+=(haproxy) ;;
   *) echo "usage: scripts/deps.sh [build|test|perf]" >&2; exit 2 ;;

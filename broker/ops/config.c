@@ -75,6 +75,23 @@ static void quote_value(char *out, size_t cap, const char *s, size_t len)
     out[o] = '\0';
 }
 
+/* s with its control bytes written as \xNN, so a message stays one
+ * printable line: for texts that echo input but are not ours to quote
+ * (jansson's "invalid escape near '"a\<LF>'", an address parser's reason). */
+static void printable(char *out, size_t cap, const char *s)
+{
+    size_t o = 0;
+
+    for (; *s && o + 5 < cap; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch < 0x20 || ch == 0x7F)
+            o += (size_t)snprintf(out + o, cap - o, "\\x%02x", ch);
+        else
+            out[o++] = (char)ch;
+    }
+    out[o] = '\0';
+}
+
 static bool why(char *w, size_t wl, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static bool why(char *w, size_t wl, const char *fmt, ...)
 {
@@ -774,9 +791,10 @@ static int parse_address(struct pctx *c, const struct config_key *k, const json_
         return fail(c, path, "expected a string%s, got %s",
                     k->type == CONFIG_T_ADDRESS_OPT ? " or null" : "", json_kind(v));
     if (config_address_parse(&a, json_string_value(v), json_string_length(v), w, sizeof(w))) {
-        char q[96];
+        char q[96], reason[WHY_MAX * 4];
         quote_value(q, sizeof(q), json_string_value(v), json_string_length(v));
-        return fail(c, path, "invalid address %s: %s", q, w);
+        printable(reason, sizeof(reason), w); /* it may quote the host: "[::<LF>1]" */
+        return fail(c, path, "invalid address %s: %s", q, reason);
     }
     *p = a;
     return 0;
@@ -1136,9 +1154,12 @@ static int load_root(struct broker_config *cfg, const json_t *root, struct pctx 
 
 static int syntax_error(struct pctx *c, const char *origin, const json_error_t *je)
 {
+    char text[JSON_ERROR_TEXT_LENGTH * 4];
+
+    printable(text, sizeof(text), je->text);
     if (c->err && c->errlen)
         snprintf(c->err, c->errlen, "%s: line %d column %d: %s", origin, je->line, je->column,
-                 je->text);
+                 text);
     return -EINVAL;
 }
 

@@ -398,6 +398,17 @@ Test(config, out_of_range)
                  "too big integer");
 }
 
+/* Found by fuzz_config (tests/fuzz/config/regress-syntax-error-newline):
+ * jansson quotes the bad token raw, and the message must stay one line. */
+Test(config, syntax_error_is_one_printable_line)
+{
+    expect_error("{\"a\\\n\": 1}", "invalid escape", "\\x0a");
+    cr_expect(strchr(err, '\n') == NULL, "message spans lines: %s", err);
+    /* regress-address-reason-newline: the address parser's reason quotes the host */
+    expect_error("{\"compat_listen\": \"[::\\n1]:9876\"}", "is not an IPv6 address", "\\x0a");
+    cr_expect(strchr(err, '\n') == NULL, "message spans lines: %s", err);
+}
+
 /*
  * Issue 15, 4: the cache.* rows are the cache's own limits. Every value the
  * table accepts, cache_create accepts (max_object_bytes used to go to 4 GiB,
