@@ -807,6 +807,7 @@ int proto_write_backend_request(struct proto_buf *b, const struct proto_span *ty
     PUT_LIT(b, head);
     put(b, type->ptr, type->len);
     PUT_LIT(b, mid);
+    size_t at = b->len;
     if (params_ascii) {
         put(b, params->ptr, params->len);
     } else if (put_params_ascii(b, (const uint8_t *)params->ptr,
@@ -814,6 +815,14 @@ int proto_write_backend_request(struct proto_buf *b, const struct proto_span *ty
         b->len = mark;
         return -EINVAL;
     }
+    /* A raw CR can only be whitespace here (the scanner refuses control
+     * characters inside strings), yet a backend reading lines with
+     * universal newlines would split the request at it: make it a space.
+     * memchr: the common case costs one vectorised scan. */
+    char *end = b->data + b->len;
+    for (char *cr = memchr(b->data + at, '\r', b->len - at); cr;
+         cr = memchr(cr + 1, '\r', (size_t)(end - cr - 1)))
+        *cr = ' ';
     PUT_LIT(b, "}");
     return 0;
 }

@@ -595,6 +595,18 @@ Test(proto_backend, request_ascii_escaping)
     cr_assert(b.len == sizeof(want) - 1 && memcmp(b.data, want, b.len) == 0, "%.*s", (int)b.len,
               b.data);
 
+    /* a raw CR between tokens (JSON whitespace, allowed in a client line)
+     * must not reach a line-reading backend: it becomes a space, both ways */
+    static const char *const crs[] = {"{\"x\":1,\r\"y\":2}", "{\"x\":\"\xC3\xA9\",\r\r\"y\":2}"};
+    for (int i = 0; i < 2; i++) {
+        b.len = 0;
+        struct proto_span cp = {crs[i], strlen(crs[i])};
+        cr_assert_eq(proto_write_backend_request(&b, &type, &cp, i == 0), 0);
+        cr_assert_null(memchr(b.data, '\r', b.len), "%.*s", (int)b.len, b.data);
+    }
+    b.len = 0;
+    cr_assert_eq(proto_write_backend_request(&b, &type, &params, false), 0);
+
     /* invalid UTF-8 (caller skipped validation): refused, nothing written */
     size_t before = b.len;
     struct proto_span badp = {"{\"e\":\"\xC0\xAF\"}", 10};
