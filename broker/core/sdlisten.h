@@ -14,7 +14,7 @@
  * A listener that finds no inherited socket binds its own, as without
  * systemd. Names (systemd's FileDescriptorName=) known to brokerd: "client"
  * (listen), "admin" (admin_listen), "metrics" (metrics_listen) and "compat"
- * (compat_listen, reserved for the compat listener).
+ * (compat_listen, a Unix path or a TCP address).
  */
 #ifndef BROKER_SDLISTEN_H
 #define BROKER_SDLISTEN_H

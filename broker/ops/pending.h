@@ -2,11 +2,11 @@
  * pending.h - configuration keys this version accepts but does not act on.
  *
  * The key table (config.c) knows every key of the specification, so a
- * configuration written for the finished product loads today. Keys whose
- * feature is not built yet (health checks, breaker, retries, cache in the
- * request path, token-bucket rate, script and path screening, peer
- * credentials, admin and compat listeners) must not be ignored silently:
- * brokerd warns at start for each one set away from its default.
+ * configuration written for the finished product loads. A key whose
+ * feature is not built yet must not be ignored silently: brokerd warns at
+ * start for each one set away from its default. Today every key of the
+ * specification is in effect and the list (pending.c) is empty; the
+ * mechanism stays for the next key that lands before its feature.
  */
 #ifndef BROKER_PENDING_H
 #define BROKER_PENDING_H
