@@ -52,7 +52,7 @@ def cmd_row(argv):
         lg = None
     if lg is None:
         row.update(error="loadgen printed no result (exit %d)" % loadgen_rc, req_per_s=0)
-        print(json.dumps(row))
+        print(json.dumps(row, separators=(",", ":")))
         return 0
     rps = float(lg["rps"])
     per_req = (lambda ticks: round(ticks / tck / wall * 1e6 / rps, 2)) if rps > 0 else \
@@ -69,7 +69,7 @@ def cmd_row(argv):
                closed_connections=lg["closed_connections"], error_codes=lg["error_codes"],
                offered_rps=lg.get("offered_rps", 0), unsent=lg.get("unsent", 0),
                loadgen_rc=loadgen_rc)
-    print(json.dumps(row))
+    print(json.dumps(row, separators=(",", ":")))
     return 0
 
 

@@ -2,17 +2,22 @@
 # Install the Debian packages brokerd needs; idempotent (does nothing, and
 # touches no network, when everything is already installed).
 # Usage: scripts/deps.sh [build|test|perf]   (test adds what the test suites
-# need, among them the man page and unit checkers; perf adds haproxy, the control in perf/broker_vs_direct.py)
+# need, among them the man page and unit checkers, and the perf set, since CI
+# runs the perf smoke stage; perf adds the perf suite's controls and charts)
 set -euo pipefail
 want=(build-essential cmake pkg-config liburing-dev libjemalloc-dev libjansson-dev
       libxxhash-dev libck-dev libcriterion-dev python3 socat)
+# perf/bench.sh's controls (HAProxy in TCP mode; nginx with its stream module)
+# and gnuplot for the charts of perf/bench.sh and perf/soak.sh. None is
+# started as a service: the scripts run them with generated configs.
+perf=(haproxy nginx libnginx-mod-stream gnuplot-nox)
 case "${1:-build}" in
   build) ;;
   # groff-base, man-db: the man pages are checked; systemd: systemd-analyze
   # verify checks the units (nothing is started: it only parses them);
   # nodejs: the Node client's tests (examples/node, Debian 12 ships Node 18)
-  test) want+=(clang libclang-rt-14-dev valgrind groff-base man-db systemd nodejs) ;;
-  perf) want+=(haproxy) ;;
+  test) want+=(clang libclang-rt-14-dev valgrind groff-base man-db systemd nodejs "${perf[@]}") ;;
+  perf) want+=("${perf[@]}") ;;
   *) echo "usage: scripts/deps.sh [build|test|perf]" >&2; exit 2 ;;
 esac
 missing=()
