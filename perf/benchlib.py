@@ -321,7 +321,7 @@ def charts(rows, groups, outdir):
 SOAK_COLS = ("t_s", "allocated", "active", "resident", "mapped", "retained",
              "cache_arena_bytes", "rss", "proc_rss", "fds", "threads", "clients", "inflight",
              "answers_ok", "answers_error", "cache_entries", "cache_bytes", "cache_evictions",
-             "pool_open")
+             "pool_open", "cache_sets", "cache_hits", "cache_invalidations")
 
 
 def cmd_soak_header(argv):
@@ -339,7 +339,7 @@ def soak_line(t, mem, st, ca, po, prss, fds, thr):
             mem.get("retained"), mem.get("cache_arena_bytes"), mem.get("rss"), prss, fds, thr,
             st.get("clients"), st.get("inflight"), st.get("answers_ok"),
             st.get("answers_error"), ca.get("entries"), ca.get("bytes"), ca.get("evictions"),
-            pool_open]
+            pool_open, ca.get("sets"), ca.get("hits"), ca.get("invalidations")]
     return ",".join("" if v is None else str(v) for v in vals)
 
 
@@ -402,7 +402,19 @@ def window_fit(pts, w):
         return None, None
     mx = [statistics.median(t for t, _ in ps) for ps in wins.values()]
     my = [statistics.median(v for _, v in ps) for ps in wins.values()]
-    return linfit(mx, my)
+    return theil_sen(mx, my)
+
+
+def theil_sen(xs, ys):
+    """Median of the pairwise slopes (Theil-Sen): a step or a bump in a few
+    windows (a 2 MB fault answer, a backend restart) does not tilt it, while
+    a leak, which lifts every later window, does. (slope, intercept)"""
+    slopes = [(ys[j] - ys[i]) / (xs[j] - xs[i]) for i in range(len(xs))
+              for j in range(i + 1, len(xs)) if xs[j] != xs[i]]
+    if not slopes:
+        return 0.0, statistics.median(ys)
+    slope = statistics.median(slopes)
+    return slope, statistics.median(y - slope * x for x, y in zip(xs, ys))
 
 
 def linfit(xs, ys):
@@ -454,8 +466,8 @@ def cmd_soak_report(argv):
         return r.get(col)
 
     def growth(col):
-        """Growth over the run after warm-up, in % of the fitted start: a line
-        through the median sample of each of W windows. Request buffers,
+        """Growth over the run after warm-up, in % of the fitted start: a
+        Theil-Sen line through the median sample of each of W windows. Request buffers,
         connections and jemalloc's thread caches come and go between samples;
         the median of a window is the level memory sits at, and a leak lifts
         every window's."""
@@ -488,10 +500,13 @@ def cmd_soak_report(argv):
     fd_drift = (fd_slope or 0.0) * (fdr[-1]["t_s"] - fdr[0]["t_s"]) if len(fdr) >= 3 else 0.0
     req_total = (ok_rows[-1].get("answers_ok") or 0) + (ok_rows[-1].get("answers_error") or 0)
     evict = ok_rows[-1].get("cache_evictions") or 0
+    sets = ok_rows[-1].get("cache_sets") or 0
+    inval = ok_rows[-1].get("cache_invalidations") or 0
     summary = {
         "bench": "soak", "duration_s": end_t, "warmup_s": warm, "samples": len(rows),
         "memory_samples": len(ok_rows), "requests": req_total,
         "answers_error": ok_rows[-1].get("answers_error"), "cache_evictions": evict,
+        "cache_sets": sets, "cache_invalidations": inval,
         "allocated_growth_pct": None if g_alloc is None else round(g_alloc, 4),
         "allocated_outside_cache_growth_pct": None if g_out is None else round(g_out, 4),
         "allocated_outside_cache_slope_bytes_per_h": None if slope_out is None else
@@ -518,8 +533,8 @@ def cmd_soak_report(argv):
     verdicts.append(("fds flat: fds less client and backend connections trend %+.2f over the "
                      "run after warm-up (fds %s..%s)" % (
                          fd_drift, summary["fds_min"], summary["fds_max"]), abs(fd_drift) < 1.0))
-    verdicts.append(("requests served: %d, cache evictions: %d" % (req_total, evict),
-                     req_total > 0))
+    verdicts.append(("requests served: %d; cache sets %d, evictions %d, invalidations %d" % (
+        req_total, sets, evict, inval), req_total > 0))
     verdicts.append(("exactly-once: %d requests lost, %d answered twice or with an unknown id "
                      "(errors are answers)" % (lost, dup), lost == 0 and dup == 0))
     summary.update(lost=lost, duplicates_or_unknown=dup)
