@@ -31,7 +31,10 @@
 #               and the byte relays with one backend connection per client,
 #               brokerd with its small pool (4);
 #     open50    open loop (loadgen --rate) at 50 % of direct's eq-d1 maximum
-#               at 64 clients: the latency each relay adds at a fixed load.
+#               at 64 clients: the latency each relay adds at a fixed load
+#               (full runs add open25: on 2 vCPUs 50 % of direct can exceed
+#               what a relay sustains, and then the figure is queueing);
+#               open50-pool: brokerd with its pool of P instead.
 #   Only brokerd can carry pipelined clients over a small pool (pool-d1,
 #   pool-d16: N clients over pool_size P; the direct reference is P
 #   connections, all the backend can take at once) and cache reads (cache:
@@ -132,9 +135,14 @@ stop_pid() {
   pids=("${keep[@]+"${keep[@]}"}")
 }
 
+# Ready = a connection to the socket succeeds (the file appears at bind,
+# before listen: a client that connects in between is refused).
 wait_file() { # path seconds what errfile
   local i
-  for i in $(seq $(( $2 * 20 ))); do [ -e "$1" ] && return 0; sleep 0.05; done
+  for i in $(seq $(( $2 * 20 ))); do
+    [ -S "$1" ] && socat -u OPEN:/dev/null "UNIX-CONNECT:$1" 2>/dev/null && return 0
+    sleep 0.05
+  done
   echo "bench.sh: $3 did not start:" >&2; cat "$4" >&2 2>/dev/null || true; exit 1
 }
 
@@ -359,18 +367,22 @@ for round in $(seq "$rounds"); do
       run_row direct eq-d1 eq-d1/64 64 1 64 "$round" -- $(direct_args)
       direct64=$(tail -n 1 "$results" | python3 -c 'import json,sys; print(json.load(sys.stdin)["req_per_s"])')
     fi
-    rate=$(( direct64 / 2 ))
-    if [ "$rate" -ge 1 ]; then
-      g="open50"
-      run_row direct open50 "$g" 64 1 64 "$round" -- $(direct_args) --rate "$rate"
-      relay_row broker open50 "$g" 64 1 64 "$round" "$mock_addr" 64 0 -- --rate "$rate"
-      relay_row haproxy open50 "$g" 64 1 64 "$round" "$mock_addr" 64 0 -- --rate "$rate"
+    # 50 % of direct's maximum (the SPEC's point); in a full run also 25 %,
+    # since on 2 vCPUs 50 % of direct can be past what any relay sustains.
+    pcts="50"; [ $quick -eq 1 ] || pcts="50 25"
+    for pct in $pcts; do
+      rate=$(( direct64 * pct / 100 ))
+      [ "$rate" -ge 1 ] || continue
+      g="open$pct"
+      run_row direct "$g" "$g" 64 1 64 "$round" -- $(direct_args) --rate "$rate"
+      relay_row broker "$g" "$g" 64 1 64 "$round" "$mock_addr" 64 0 -- --rate "$rate"
+      relay_row haproxy "$g" "$g" 64 1 64 "$round" "$mock_addr" 64 0 -- --rate "$rate"
       if [ $quick -eq 0 ]; then
-        relay_row nginx open50 "$g" 64 1 64 "$round" "$mock_addr" 0 0 -- --rate "$rate"
-        relay_row broker open50-pool "open50-pool" 64 1 "$pool" "$round" "$mock_addr" "$pool" 0 -- --rate "$rate"
-        run_row direct open50-pool "open50-pool" 64 1 64 "$round" -- $(direct_args) --rate "$rate"
+        relay_row nginx "$g" "$g" 64 1 64 "$round" "$mock_addr" 0 0 -- --rate "$rate"
+        relay_row broker "$g-pool" "$g-pool" 64 1 "$pool" "$round" "$mock_addr" "$pool" 0 -- --rate "$rate"
+        run_row direct "$g-pool" "$g-pool" 64 1 64 "$round" -- $(direct_args) --rate "$rate"
       fi
-    fi
+    done
   fi
 done
 

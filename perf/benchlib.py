@@ -224,7 +224,7 @@ def targets(rows, floor):
     eq = [g for g in group_order(rows) if g.startswith("eq-d1/")]
     for g in eq:
         b, h = both(g)
-        if b and h:
+        if b and h and b.get("req_per_s") and h.get("req_per_s"):
             out.append("%s: broker/HAProxy throughput %s (target >= 2), broker CPU/HAProxy CPU "
                        "per request %s (target <= 0.5), broker CPU/floor %s" % (
                            g, fmt(ratio(b["req_per_s"], h["req_per_s"]), 2),
@@ -232,14 +232,14 @@ def targets(rows, floor):
                            fmt(ratio(b["relay_cpu_us_per_req"], floor), 2)))
     for g in [g for g in group_order(rows) if g.startswith("cpr/")]:
         b, h = both(g)
-        if b and h:
+        if b and h and b.get("req_per_s") and h.get("req_per_s"):
             out.append("%s (connection per request): broker/HAProxy throughput %s (target >= 3)"
                        % (g, fmt(ratio(b["req_per_s"], h["req_per_s"]), 2)))
-    for g in [g for g in group_order(rows) if g.startswith("open50")]:
+    for g in [g for g in group_order(rows) if g.startswith("open")]:
         d = find(rows, g, "direct")
         for path in ("broker", "haproxy", "nginx"):
             r = find(rows, g, path)
-            if d and r:
+            if d and r and r.get("p50_us") is not None and d.get("p50_us") is not None:
                 out.append("%s at %s req/s offered: %s adds p50 %s us, p99 %s us over direct" % (
                     g, fmt(r.get("offered_rps")), path, fmt(r["p50_us"] - d["p50_us"]),
                     fmt(r["p99_us"] - d["p99_us"])))
