@@ -270,8 +270,12 @@ def charts(rows, groups, outdir):
     gp = []
     for s in scen:
         rs = [r for r in rows if r["scenario"] == s]
-        paths = [p for p in PATHS if any(r["path"] == p for r in rs)]
         xs = sorted({(r["clients"], r["depth"]) for r in rs})
+        # the direct reference of the same group (pool-d1/pool-d16 share "pool")
+        groups_s = {r["group"] for r in rs}
+        rs += [r for r in rows if r["scenario"] != s and r["path"] == "direct" and
+               r["group"] in groups_s and not any(x["path"] == "direct" for x in rs)]
+        paths = [p for p in PATHS if any(r["path"] == p for r in rs)]
         dat = os.path.join(outdir, "tput_%s.dat" % s)
         with open(dat, "w") as f:
             f.write("x " + " ".join(paths) + "\n")
@@ -280,6 +284,8 @@ def charts(rows, groups, outdir):
                 for pth in paths:
                     r = next((r for r in rs if r["path"] == pth and r["clients"] == c and
                               r["depth"] == d), None)
+                    if r is None and pth == "direct":  # the group's one reference row
+                        r = next((r for r in rs if r["path"] == "direct"), None)
                     vals.append(str(r["req_per_s"]) if r else "NaN")
                 f.write("%s %s\n" % ("%dc_d%d" % (c, d), " ".join(vals)))
         gp.append("set terminal %s noenhanced size 900,500\nset output '%s'\n" % (
