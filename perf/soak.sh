@@ -118,6 +118,7 @@ msock="$tmp/m.sock" bsock="$tmp/b.sock" asock="$tmp/a.sock"
 start_mockd() {
   "$bin/mockd" --listen "unix:$msock" --threads 1 --quiet >/dev/null 2>>"$tmp/mockd.err" &
   mock_pid=$!
+  disown "$mock_pid" 2>/dev/null || true # killed on purpose: no "Killed" job notice
   echo "$mock_pid" > "$tmp/mock.pid"
   local i
   for i in $(seq 100); do [ -S "$msock" ] && return 0; sleep 0.05; done
