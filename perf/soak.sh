@@ -27,7 +27,8 @@
 # - Sampling (1 s): brokerctl --json memory, stats, cache, pool on the admin
 #   socket, plus /proc/PID (RSS, open fds, threads), into soak.csv.
 # - Verdict (perf/benchlib.py soak-report): after the warm-up (minute 5 for
-#   runs of 10 minutes or more; the first 20 % for shorter runs), a
+#   runs of 10 minutes or more; the first 20 %, at least 15 s, of shorter
+#   runs), a
 #   least-squares line through the lowest sample of each of up to 20 windows
 #   of jemalloc `allocated` less the cache arena must grow by at most 0.1 %
 #   over the rest of the run (the cache's fill level moves by up to its bound
@@ -75,7 +76,9 @@ to_seconds() {
 secs=$(to_seconds "$duration" 2>/dev/null) || { echo "soak.sh: bad --duration $duration (N, Ns, Nm, Nh)" >&2; exit 2; }
 [ "$secs" -ge 10 ] || { echo "soak.sh: --duration must be at least 10s" >&2; exit 2; }
 if [ -z "$warm" ]; then
-  if [ "$secs" -ge 600 ]; then warm=300; else warm=$(( secs / 5 )); fi
+  # minute 5 of long runs; 20 % of short ones, at least 15 s (the huge-read
+  # priming and the cache fill take a few seconds)
+  if [ "$secs" -ge 600 ]; then warm=300; else warm=$(( secs / 5 )); [ "$warm" -ge 15 ] || warm=$(( secs / 2 < 15 ? secs / 2 : 15 )); fi
 fi
 
 if [ -z "$bin" ]; then
