@@ -42,9 +42,28 @@
  * recorded until answered; rps counts answers received in it), drain (no new
  * requests; waits up to --drain seconds for the last answers).
  *
- * Limits: closed loop only (no fixed arrival rate, so queueing delay behind a
- * stalled server is under-reported: coordinated omission); a connection the
- * peer closes is not reopened and its requests in flight count as lost.
+ * Open loop (--rate R): request k of a thread is due at a fixed intended time
+ * (thread start + k / (R / threads), threads interleaved), whatever happened
+ * to earlier ones. A due request goes out on the next connection with a free
+ * slot (round robin); when none is free it waits in the thread's backlog,
+ * which is just the count of due-but-unsent indices, since the intended time
+ * of index k is computed, not stored. Latency runs from the intended time, so
+ * time spent waiting for a connection or behind a stalled server is counted
+ * (no coordinated omission). Requests due before the end of the measurement
+ * are still sent during the drain; what is left then is reported as unsent.
+ * Timer slack is set to 1 ns so wake-ups are not batched by the kernel.
+ *
+ * Connection per request (--conn-per-request): each request opens its own
+ * connection (counted in its latency) and closes it once answered, as a
+ * script that connects, asks once and exits; depth is 1.
+ *
+ * Key mix (--keys K): params become {"key":N}, N drawn per request from K keys
+ * (uniform, or Zipf with --zipf S); --write-ratio F sends that fraction as
+ * --write-type instead (the broker caches reads and a write invalidates).
+ *
+ * Limits: a connection the peer closes is not reopened (outside
+ * --conn-per-request) and its requests in flight count as lost; --rate with
+ * --conn-per-request is not supported.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -62,6 +81,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -95,6 +115,13 @@ struct lg_opts {
     unsigned conns, depth, threads;
     double duration, warmup, drain;
     const char *type, *params;
+    double rate;            /* open loop: requests/s over all threads; 0 = closed loop */
+    bool conn_per_request;  /* a new connection per request */
+    unsigned keys;          /* 0: fixed params; else params {"key":N}, N < keys */
+    double zipf;            /* key popularity exponent; 0 = uniform */
+    double write_ratio;     /* share of requests sent as write_type */
+    const char *write_type;
+    uint64_t seed;
 };
 
 struct lg_hist {
@@ -152,6 +179,14 @@ struct lg_thread {
     struct lg_hist hist;
     uint64_t sent, ok, errors, window_done, duplicates, unknown, closed;
     struct lg_codes codes;
+    /* open loop */
+    uint64_t t_first;    /* intended time of this thread's request 0 */
+    double interval_ns;  /* between two intended times of this thread */
+    uint64_t k_next;     /* next index to send */
+    uint64_t k_end;      /* indices below it are due before t_end */
+    unsigned rr;         /* round-robin cursor over conns */
+    uint64_t reconnects; /* --conn-per-request */
+    uint64_t rng;
 };
 
 struct lg_run {
@@ -159,6 +194,10 @@ struct lg_run {
     bool is_tcp;
     char *tail; /* broker: what follows the id; direct: the whole request */
     size_t tail_len;
+    /* --keys: the request up to the key digits, for reads [0] and writes [1] */
+    char *khead[2];
+    size_t khead_len[2];
+    double *zcdf; /* --zipf: cumulative popularity of keys 0..keys-1 */
     uint64_t t_measure, t_end, t_drain_end;
     struct lg_conn *conns;
     struct lg_thread *threads;
@@ -388,11 +427,48 @@ static bool lg_out_reserve(struct lg_conn *c, size_t extra)
     return true;
 }
 
+/* xorshift64*: per thread, deterministic for a given --seed. */
+static uint64_t lg_rand(struct lg_thread *t)
+{
+    uint64_t x = t->rng;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    t->rng = x;
+    return x * 0x2545F4914F6CDD1Dull;
+}
+
+static double lg_rand01(struct lg_thread *t)
+{
+    return (double)(lg_rand(t) >> 11) * (1.0 / 9007199254740992.0);
+}
+
+/* --keys: a key (Zipf by binary search in the cumulative table, or uniform). */
+static uint64_t lg_draw_key(struct lg_thread *t)
+{
+    struct lg_run *run = t->run;
+    if (!run->zcdf)
+        return lg_rand(t) % run->o.keys;
+    double u = lg_rand01(t);
+    size_t lo = 0, hi = run->o.keys - 1;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (run->zcdf[mid] < u)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
 /* Append the request for slot s, generation slot->sent, to the out buffer. */
 static bool lg_put_request(struct lg_conn *c, unsigned s)
 {
     struct lg_run *run = c->t->run;
-    if (!lg_out_reserve(c, run->tail_len + 32))
+    bool keyed = run->o.keys > 0;
+    int w = keyed && run->o.write_ratio > 0 && lg_rand01(c->t) < run->o.write_ratio;
+    size_t body = keyed ? run->khead_len[w] + 24 : run->tail_len;
+    if (!lg_out_reserve(c, body + 32))
         return false;
     if (run->o.mode == LG_MODE_BROKER) {
         uint64_t tag = c->slots[s].sent * run->o.depth + s;
@@ -401,35 +477,93 @@ static bool lg_put_request(struct lg_conn *c, unsigned s)
         c->out_len += 6;
         c->out_len += lg_u64_digits(c->out + c->out_len, id);
     }
-    memcpy(c->out + c->out_len, run->tail, run->tail_len);
-    c->out_len += run->tail_len;
+    if (!keyed) {
+        memcpy(c->out + c->out_len, run->tail, run->tail_len);
+        c->out_len += run->tail_len;
+        return true;
+    }
+    memcpy(c->out + c->out_len, run->khead[w], run->khead_len[w]);
+    c->out_len += run->khead_len[w];
+    c->out_len += lg_u64_digits(c->out + c->out_len, lg_draw_key(c->t));
+    memcpy(c->out + c->out_len, "}}", 2);
+    c->out_len += 2;
+    if (run->o.framing == LG_FRAMING_NDJSON)
+        c->out[c->out_len++] = '\n';
+    return true;
+}
+
+/* Put one request in a free slot of c, sent (intended) at t0. */
+static bool lg_conn_put(struct lg_conn *c, uint64_t t0)
+{
+    struct lg_thread *t = c->t;
+    struct lg_run *run = t->run;
+    unsigned s = c->free_slots[c->nfree - 1];
+    struct lg_slot *sl = &c->slots[s];
+    if (!lg_put_request(c, s)) {
+        lg_conn_fail(c, "out of memory");
+        return false;
+    }
+    c->nfree--;
+    sl->sent++;
+    sl->busy = true;
+    sl->t0 = t0;
+    sl->measured = t0 >= run->t_measure && t0 < run->t_end;
+    t->sent += sl->measured;
+    c->outstanding++;
+    t->live_outstanding++;
     return true;
 }
 
 /* Top the connection up to --depth requests in flight, in one write. */
 static void lg_conn_fill(struct lg_conn *c, uint64_t now)
 {
-    struct lg_thread *t = c->t;
-    struct lg_run *run = t->run;
-    if (c->dead || now >= run->t_end || c->nfree == 0)
+    struct lg_run *run = c->t->run;
+    if (c->dead || now >= run->t_end || c->nfree == 0 || run->o.rate > 0)
         return;
-    while (c->nfree > 0) {
-        unsigned s = c->free_slots[c->nfree - 1];
-        struct lg_slot *sl = &c->slots[s];
-        if (!lg_put_request(c, s)) {
-            lg_conn_fail(c, "out of memory");
+    while (c->nfree > 0)
+        if (!lg_conn_put(c, now))
             return;
-        }
-        c->nfree--;
-        sl->sent++;
-        sl->busy = true;
-        sl->t0 = now;
-        sl->measured = now >= run->t_measure;
-        t->sent += sl->measured;
-        c->outstanding++;
-        t->live_outstanding++;
-    }
     lg_conn_flush(c);
+}
+
+/* Open loop: intended time of this thread's request k. */
+static uint64_t lg_intended(const struct lg_thread *t, uint64_t k)
+{
+    return t->t_first + (uint64_t)((double)k * t->interval_ns);
+}
+
+/* Open loop: requests due by now (and intended before t_end) not yet sent. */
+static uint64_t lg_backlog(const struct lg_thread *t, uint64_t now)
+{
+    uint64_t due;
+    if (now < t->t_first)
+        return 0;
+    due = (uint64_t)((double)(now - t->t_first) / t->interval_ns) + 1;
+    if (due > t->k_end)
+        due = t->k_end;
+    return due > t->k_next ? due - t->k_next : 0;
+}
+
+/* Open loop: send every due request, one per connection with a free slot in
+ * round-robin order, each stamped with its intended time. */
+static void lg_dispatch(struct lg_thread *t, uint64_t now)
+{
+    uint64_t n = lg_backlog(t, now);
+    unsigned idle = 0; /* connections visited in a row without a free slot */
+    while (n > 0 && idle < t->nconns) {
+        struct lg_conn *c = t->conns[t->rr];
+        t->rr = (t->rr + 1) % t->nconns;
+        if (c->dead || c->nfree == 0) {
+            idle++;
+            continue;
+        }
+        idle = 0;
+        if (!lg_conn_put(c, lg_intended(t, t->k_next)))
+            continue;
+        t->k_next++;
+        n--;
+        lg_conn_flush(c);
+    }
 }
 
 /* An answer matched its request; code is NULL for success. */
@@ -641,6 +775,58 @@ static void lg_conn_input(struct lg_conn *c, const char *buf, size_t n, uint64_t
     }
 }
 
+static int lg_connect_one(struct lg_run *run, char *err, size_t errlen);
+
+/* A connection leaves the run without an error (--conn-per-request). */
+static void lg_conn_retire(struct lg_conn *c)
+{
+    c->dead = true;
+    if (c->fd >= 0)
+        close(c->fd);
+    c->fd = -1;
+    c->t->live_conns--;
+}
+
+/* --conn-per-request: the answer is in; close the connection and, while the
+ * run lasts, open the next one and send on it. The connect counts in the next
+ * request's latency. */
+static void lg_conn_cycle(struct lg_conn *c)
+{
+    struct lg_thread *t = c->t;
+    struct lg_run *run = t->run;
+    char err[256] = "";
+    close(c->fd); /* also leaves the epoll set */
+    c->fd = -1;
+    c->want_out = false;
+    c->pend_len = 0;
+    c->scan = (struct pjson_scan){0};
+    c->out_len = c->out_off = 0;
+    uint64_t now = lg_now();
+    if (now >= run->t_end) {
+        lg_conn_retire(c);
+        return;
+    }
+    int fd = lg_connect_one(run, err, sizeof(err));
+    if (fd < 0) {
+        lg_log(run, "connection %u: reconnect: %s", c->idx, err);
+        lg_conn_retire(c);
+        t->closed++;
+        return;
+    }
+    c->fd = fd;
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0 ||
+        epoll_ctl(t->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+        lg_log(run, "connection %u: reconnect: %s", c->idx, strerror(errno));
+        lg_conn_retire(c);
+        t->closed++;
+        return;
+    }
+    t->reconnects++;
+    lg_conn_fill(c, now);
+}
+
 static void lg_conn_readable(struct lg_conn *c)
 {
     struct lg_thread *t = c->t;
@@ -653,7 +839,12 @@ static void lg_conn_readable(struct lg_conn *c)
     }
     uint64_t now = lg_now();
     lg_conn_input(c, t->scratch, (size_t)n, now);
-    lg_conn_fill(c, now);
+    if (t->run->o.conn_per_request && !c->dead && c->outstanding == 0)
+        lg_conn_cycle(c);
+    else if (t->run->o.rate > 0)
+        lg_dispatch(t, now);
+    else
+        lg_conn_fill(c, now);
 }
 
 static void *lg_thread_main(void *arg)
@@ -663,17 +854,35 @@ static void *lg_thread_main(void *arg)
     struct epoll_event evs[LG_EVENTS];
     uint64_t now = lg_now();
 
-    for (unsigned i = 0; i < t->nconns; i++)
+    bool open_loop = run->o.rate > 0;
+    if (open_loop)
+        prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0); /* wake at the intended times */
+    for (unsigned i = 0; i < t->nconns && !open_loop; i++)
         lg_conn_fill(t->conns[i], now);
     for (;;) {
         now = lg_now();
+        uint64_t backlog = 0;
+        if (open_loop) {
+            lg_dispatch(t, now);
+            backlog = lg_backlog(t, now);
+        }
         if (t->live_conns == 0)
             break;
-        if (now >= run->t_end && (t->live_outstanding == 0 || now >= run->t_drain_end))
+        if (now >= run->t_end &&
+            ((t->live_outstanding == 0 && (backlog == 0 || t->k_next >= t->k_end)) ||
+             now >= run->t_drain_end))
             break;
         uint64_t next = now < run->t_end ? run->t_end : run->t_drain_end;
-        int timeout = (int)((next - now + 999999u) / 1000000u);
-        int n = epoll_wait(t->epfd, evs, LG_EVENTS, timeout);
+        /* Open loop with nothing waiting: wake for the next intended time. */
+        if (open_loop && backlog == 0 && t->k_next < t->k_end) {
+            uint64_t due = lg_intended(t, t->k_next);
+            if (due < next)
+                next = due;
+        }
+        uint64_t wait_ns = next > now ? next - now : 0;
+        struct timespec ts = {.tv_sec = (time_t)(wait_ns / 1000000000u),
+                              .tv_nsec = (long)(wait_ns % 1000000000u)};
+        int n = epoll_pwait2(t->epfd, evs, LG_EVENTS, &ts, NULL);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -802,6 +1011,9 @@ static void lg_free(struct lg_run *run)
     free(run->conns);
     free(run->threads);
     free(run->tail);
+    free(run->khead[0]);
+    free(run->khead[1]);
+    free(run->zcdf);
 }
 
 /* ---------------------------------------------------------------- options */
@@ -828,6 +1040,15 @@ static void lg_usage(FILE *f)
           "  --type T              command type (default get_scene_info)\n"
           "  --params JSON         params object (default {})\n"
           "  --framing json|ndjson direct mode framing (default json, by JSON completeness)\n"
+          "  --rate R              open loop: R requests/s in all, each at a fixed intended\n"
+          "                        time; latency from that time (no coordinated omission)\n"
+          "  --conn-per-request    open a connection per request, close it when answered\n"
+          "                        (connect time counts; depth 1; not with --rate)\n"
+          "  --keys K              params {\"key\":N}, N among K keys (default 0: --params)\n"
+          "  --zipf S              key popularity Zipf(S) (default 0: uniform)\n"
+          "  --write-ratio F       share of requests sent as --write-type (default 0)\n"
+          "  --write-type T        write command type (default set_value)\n"
+          "  --seed N              random seed for keys and writes (default 1)\n"
           "  --help                this text\n"
           "\n"
           "Prints one JSON line. Exit 0; 1 if any request was lost, answered twice or\n"
@@ -848,17 +1069,22 @@ static bool lg_parse_uint(const char *s, unsigned lo, unsigned hi, unsigned *out
     return true;
 }
 
-static bool lg_parse_secs(const char *s, double lo, double *out)
+static bool lg_parse_double(const char *s, double lo, double hi, double *out)
 {
     char *end;
     if (!s || !*s)
         return false;
     errno = 0;
     double v = strtod(s, &end);
-    if (errno || *end || !isfinite(v) || v < lo || v > 86400.0)
+    if (errno || *end || !isfinite(v) || v < lo || v > hi)
         return false;
     *out = v;
     return true;
+}
+
+static bool lg_parse_secs(const char *s, double lo, double *out)
+{
+    return lg_parse_double(s, lo, 86400.0, out);
 }
 
 static int lg_parse_value(struct lg_opts *o, const char *a, const char *v)
@@ -894,7 +1120,22 @@ static int lg_parse_value(struct lg_opts *o, const char *a, const char *v)
         ok = (o->type = v)[0] != '\0' && strlen(v) <= 1024;
     else if (strcmp(a, "--params") == 0)
         o->params = v;
-    else
+    else if (strcmp(a, "--rate") == 0)
+        ok = lg_parse_double(v, 1.0, 1e9, &o->rate);
+    else if (strcmp(a, "--keys") == 0)
+        ok = lg_parse_uint(v, 1, 10000000, &o->keys);
+    else if (strcmp(a, "--zipf") == 0)
+        ok = lg_parse_double(v, 0.0, 10.0, &o->zipf);
+    else if (strcmp(a, "--write-ratio") == 0)
+        ok = lg_parse_double(v, 0.0, 1.0, &o->write_ratio);
+    else if (strcmp(a, "--write-type") == 0)
+        ok = (o->write_type = v)[0] != '\0' && strlen(v) <= 1024;
+    else if (strcmp(a, "--seed") == 0) {
+        char *end;
+        errno = 0;
+        o->seed = strtoull(v, &end, 10);
+        ok = !errno && *end == '\0' && *v >= '0' && *v <= '9';
+    } else
         ok = false;
     if (!ok)
         fprintf(stderr, "loadgen: bad option or value: %s %s (see --help)\n", a, v);
@@ -919,11 +1160,18 @@ static int lg_parse_args(int argc, char **argv, struct lg_opts *o)
                           .duration = 5.0,
                           .drain = 5.0,
                           .type = "get_scene_info",
-                          .params = "{}"};
+                          .params = "{}",
+                          .write_type = "set_value",
+                          .seed = 1};
     for (int i = 1; i < argc; i += 2) {
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             lg_usage(stdout);
             exit(0);
+        }
+        if (strcmp(argv[i], "--conn-per-request") == 0) {
+            o->conn_per_request = true;
+            i--; /* a flag: no value */
+            continue;
         }
         if (i + 1 >= argc) {
             fprintf(stderr, "loadgen: unknown option or missing value: %s (see --help)\n", argv[i]);
@@ -951,6 +1199,15 @@ static int lg_parse_args(int argc, char **argv, struct lg_opts *o)
                 "loadgen: %s mode keeps exactly 1 request in flight per "
                 "connection (the add-on protocol cannot take two); --depth %u ignored\n",
                 o->mode == LG_MODE_COMPAT ? "compat" : "direct", o->depth);
+        o->depth = 1;
+    }
+    if (o->conn_per_request && o->rate > 0) {
+        fprintf(stderr, "loadgen: --conn-per-request with --rate is not supported\n");
+        return 2;
+    }
+    if (o->conn_per_request && o->depth > 1) {
+        fprintf(stderr, "loadgen: --conn-per-request sends 1 request per connection; "
+                        "--depth %u ignored\n", o->depth);
         o->depth = 1;
     }
     if (o->threads > o->conns)
@@ -1016,12 +1273,35 @@ static int lg_build_tail(struct lg_run *run)
     if (nl)
         run->tail[n++] = '\n';
     run->tail_len = n;
+    if (run->o.keys == 0)
+        return 0;
+    /* --keys: everything up to the key's digits, for a read and for a write. */
+    for (int w = 0; w < 2; w++) {
+        struct lg_out k = {.len = 0};
+        lg_put(&k, run->o.mode == LG_MODE_BROKER ? ",\"type\":" : "{\"type\":");
+        lg_put_jstr(&k, w ? run->o.write_type : run->o.type);
+        lg_put(&k, ",\"params\":{\"key\":");
+        if (!(run->khead[w] = malloc(k.len)))
+            return -ENOMEM;
+        memcpy(run->khead[w], k.buf, k.len);
+        run->khead_len[w] = k.len;
+    }
+    if (run->o.zipf > 0) {
+        double sum = 0;
+        if (!(run->zcdf = malloc(run->o.keys * sizeof(*run->zcdf))))
+            return -ENOMEM;
+        for (unsigned i = 0; i < run->o.keys; i++)
+            run->zcdf[i] = (sum += 1.0 / pow((double)i + 1.0, run->o.zipf));
+        for (unsigned i = 0; i < run->o.keys; i++)
+            run->zcdf[i] /= sum;
+    }
     return 0;
 }
 
 struct lg_totals {
     struct lg_hist hist;
-    uint64_t sent, ok, errors, window_done, duplicates, unknown, closed, lost;
+    uint64_t sent, ok, errors, window_done, duplicates, unknown, closed, lost, unsent,
+        reconnects;
     struct lg_codes codes;
 };
 
@@ -1037,6 +1317,9 @@ static void lg_merge(struct lg_run *run, struct lg_totals *tt)
         tt->duplicates += t->duplicates;
         tt->unknown += t->unknown;
         tt->closed += t->closed;
+        tt->reconnects += t->reconnects;
+        if (run->o.rate > 0 && t->k_end > t->k_next)
+            tt->unsent += t->k_end - t->k_next;
         for (unsigned k = 0; k < t->codes.n; k++)
             lg_codes_add(&tt->codes, t->codes.c[k].name, strlen(t->codes.c[k].name),
                          t->codes.c[k].n);
@@ -1082,6 +1365,11 @@ static void lg_report(struct lg_run *run, const struct lg_totals *tt, double cpu
            rps, lg_us(lg_hist_pct(&tt->hist, 0.50)), lg_us(lg_hist_pct(&tt->hist, 0.90)),
            lg_us(lg_hist_pct(&tt->hist, 0.99)), lg_us(lg_hist_pct(&tt->hist, 0.999)),
            lg_us(tt->hist.max_ns));
+    lg_put(&o,
+           "\"open_loop\":%s,\"offered_rps\":%.0f,\"unsent\":%" PRIu64
+           ",\"conn_per_request\":%s,\"reconnects\":%" PRIu64 ",\"keys\":%u,",
+           op->rate > 0 ? "true" : "false", op->rate, tt->unsent,
+           op->conn_per_request ? "true" : "false", tt->reconnects, op->keys);
     lg_put(&o, "\"cpu_s\":%.3f,\"cpu_us_per_req\":%.2f,\"error_codes\":{", cpu_s,
            tt->window_done ? cpu_s * 1e6 / (double)tt->window_done : 0.0);
     for (unsigned k = 0; k < tt->codes.n; k++)
@@ -1154,6 +1442,18 @@ int main(int argc, char **argv)
     run.t_measure = start + (uint64_t)(run.o.warmup * 1e9);
     run.t_end = run.t_measure + (uint64_t)(run.o.duration * 1e9);
     run.t_drain_end = run.t_end + (uint64_t)(run.o.drain * 1e9);
+    for (unsigned i = 0; i < run.o.threads; i++) {
+        struct lg_thread *t = &run.threads[i];
+        t->rng = (run.o.seed + 1) * 0x9E3779B97F4A7C15ull + i + 1;
+        if (run.o.rate > 0) {
+            /* Thread i sends every threads-th slot of one schedule of rate R. */
+            t->interval_ns = 1e9 * (double)run.o.threads / run.o.rate;
+            t->t_first = start + (uint64_t)(1e9 * (double)i / run.o.rate);
+            t->k_end = t->t_first < run.t_end
+                           ? (uint64_t)ceil((double)(run.t_end - t->t_first) / t->interval_ns)
+                           : 0;
+        }
+    }
     for (unsigned i = 0; i < run.o.threads; i++) {
         struct lg_thread *t = &run.threads[i];
         if (pthread_create(&t->th, NULL, lg_thread_main, t) != 0) {

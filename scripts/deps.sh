@@ -2,10 +2,15 @@
 # Install the Debian packages brokerd needs; idempotent (does nothing, and
 # touches no network, when everything is already installed).
 # Usage: scripts/deps.sh [build|test|perf]   (test adds what the test suites
-# need, among them the man page and unit checkers; perf adds haproxy, the control in perf/broker_vs_direct.py)
+# need, among them the man page and unit checkers, and the perf set, since CI
+# runs the perf smoke stage; perf adds the perf suite's controls and charts)
 set -euo pipefail
 want=(build-essential cmake pkg-config liburing-dev libjemalloc-dev libjansson-dev
       libxxhash-dev libck-dev libcriterion-dev python3 socat)
+# perf/bench.sh's controls (HAProxy in TCP mode; nginx with its stream module)
+# and gnuplot for the charts of perf/bench.sh and perf/soak.sh. None is
+# started as a service: the scripts run them with generated configs.
+perf=(haproxy nginx libnginx-mod-stream gnuplot-nox)
 case "${1:-build}" in
   build) ;;
   # llvm: llvm-symbolizer (fuzz.sh, sanitizers); groff-base, man-db: the man pages are checked; systemd: systemd-analyze
@@ -15,8 +20,8 @@ case "${1:-build}" in
   # 3.4 headless (-b) and with its GUI under xvfb-run (apt-get install with
   # recommends took 195 packages, 787 MB, 62 s here; fewer without them)
   test) want+=(clang libclang-rt-14-dev llvm valgrind groff-base man-db systemd nodejs
-               blender xvfb xauth) ;;
-  perf) want+=(haproxy) ;;
+               blender xvfb xauth "${perf[@]}") ;;
+  perf) want+=("${perf[@]}") ;;
   *) echo "usage: scripts/deps.sh [build|test|perf]" >&2; exit 2 ;;
 esac
 missing=()

@@ -108,6 +108,10 @@ void req_done(struct worker *w, struct req *r)
     client_mark_dirty(w, c);
 }
 
+/* The scratch answer buffer (coalescing leaders, gone clients) is kept up to
+ * this size between answers, like a backend connection's reply buffer. */
+#define SCRATCH_KEEP (256u * 1024u)
+
 struct proto_buf *req_answer_out(struct worker *w, struct req *r)
 {
     if (r->ticket || r->c->dead) {
@@ -133,7 +137,9 @@ void req_answer_commit(struct worker *w, struct req *r, struct proto_buf *out, s
         c->dead = true;
     }
     if (r->ticket)
-        cachepath_share(w, r, rc == 0 ? out : NULL, start);
+        cachepath_share(w, r, rc == 0 ? out : NULL, start); /* copies what it shares */
+    if (out == &w->scratch && w->scratch.cap > SCRATCH_KEEP)
+        proto_buf_free(&w->scratch); /* one huge answer must not stay a worker's forever */
     client_mark_dirty(w, c);
 }
 

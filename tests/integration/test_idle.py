@@ -9,6 +9,8 @@ gets every answer.
                                     under 4 KiB once each made a request (the target)
   burst_past_the_shared_buffers     600 clients send at once: every one is answered, and
                                     the shortage path (own buffer that time) was taken
+  huge_answers_not_kept             six 4 MB cacheable reads: memory outside the cache
+                                    arena does not keep a buffer of their size
 
 Usage: test_idle.py --bin BUILD/bin [-k NAME] [--keep] [-v]
 """
@@ -127,6 +129,27 @@ def burst_past_the_shared_buffers(env):
         "the burst never ran the shared buffers dry: the fallback path was not exercised"
     for s in socks:
         s.close()
+
+
+@case
+def huge_answers_not_kept(env):
+    env.mockd()
+    b = env.broker(bt.broker_config(
+        env, workers=2, backends=[bt.backend(env, read_only=["get_*", "fault_*"],
+                                             max_response_bytes=16 << 20)]))
+
+    def outside_cache():
+        m = admin(b, "memory")
+        return m["allocated"] - m["cache_arena_bytes"]
+    with b.connect(timeout=t(20)) as c:
+        bt.assert_success(c.call(0, "get_scene_info"))
+        base = outside_cache()
+        for i in range(6):  # each a distinct key: a miss, a coalescing leader
+            r = c.call(i + 1, "fault_huge", {"bytes": 4000000, "n": i}, timeout=t(20))
+            bt.assert_success(r)
+    time.sleep(0.2)
+    grown = outside_cache() - base
+    assert grown < 2 * 1000000, "%d bytes kept outside the cache after six 4 MB reads" % grown
 
 
 if __name__ == "__main__":
