@@ -392,6 +392,31 @@ class Client:
         return r
 
 
+def admin_answer(b, cmd):
+    """One admin command on a fresh connection to b's admin socket: the
+    whole answer (status, result or error)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(t(10))
+    try:
+        s.connect(b.cfg["admin_listen"])
+        s.sendall(json.dumps({"id": 1, "cmd": cmd}).encode() + b"\n")
+        buf = b""
+        while b"\n" not in buf:
+            chunk = s.recv(1 << 20)
+            assert chunk, "admin socket closed before answering %s" % cmd
+            buf += chunk
+    finally:
+        s.close()
+    return json.loads(buf.split(b"\n", 1)[0])
+
+
+def admin_result(b, cmd):
+    """An admin command that must succeed: its result."""
+    r = admin_answer(b, cmd)
+    assert r["status"] == "success", "%s: %s" % (cmd, short(r))
+    return r["result"]
+
+
 def request(rid, typ, params=None, **kw):
     r = {"id": rid, "type": typ}
     if params is not None:

@@ -197,20 +197,7 @@ def broker_for(env, port, compat_port, override=None):
     return b
 
 
-def admin(b, cmd):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(t(10))
-    s.connect(b.cfg["admin_listen"])
-    s.sendall(json.dumps({"id": 1, "cmd": cmd}).encode() + b"\n")
-    buf = b""
-    while b"\n" not in buf:
-        chunk = s.recv(1 << 20)
-        assert chunk, "admin closed"
-        buf += chunk
-    s.close()
-    r = json.loads(buf.split(b"\n", 1)[0])
-    assert r["status"] == "success", short(r)
-    return r["result"]
+admin = bt.admin_result
 
 
 def native_raw(b, req, timeout=None):

@@ -30,20 +30,7 @@ from brokertest import t  # noqa: E402
 CASES, case = bt.case_list()
 
 
-def admin(b, cmd):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(t(10))
-    s.connect(b.cfg["admin_listen"])
-    s.sendall(json.dumps({"id": 1, "cmd": cmd}).encode() + b"\n")
-    buf = b""
-    while b"\n" not in buf:
-        chunk = s.recv(1 << 20)
-        assert chunk
-        buf += chunk
-    s.close()
-    r = json.loads(buf.split(b"\n", 1)[0])
-    assert r["status"] == "success", r
-    return r["result"]
+admin = bt.admin_result
 
 
 def raise_nofile(n):

@@ -74,18 +74,7 @@ def as_nobody(path, groups="0"):
     return json.loads(r.stdout)
 
 
-def admin(b, cmd):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(t(10))
-    s.connect(b.cfg["admin_listen"])
-    s.sendall(json.dumps({"id": 1, "cmd": cmd}).encode() + b"\n")
-    buf = b""
-    while b"\n" not in buf:
-        chunk = s.recv(1 << 20)
-        assert chunk
-        buf += chunk
-    s.close()
-    return json.loads(buf.split(b"\n", 1)[0])
+admin = bt.admin_answer
 
 
 def start(env, **kw):

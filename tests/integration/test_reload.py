@@ -34,18 +34,7 @@ from brokertest import t, request, short, assert_success, assert_code  # noqa: E
 CASES, case = bt.case_list()
 
 
-def admin(b, cmd):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(t(10))
-    s.connect(b.cfg["admin_listen"])
-    s.sendall(json.dumps({"id": 1, "cmd": cmd}).encode() + b"\n")
-    buf = b""
-    while b"\n" not in buf:
-        chunk = s.recv(1 << 20)
-        assert chunk, "admin socket closed"
-        buf += chunk
-    s.close()
-    return json.loads(buf.split(b"\n", 1)[0])
+admin = bt.admin_answer
 
 
 def rewrite(b, cfg):
