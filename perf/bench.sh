@@ -29,7 +29,11 @@
 #               unlimited: up to N backend connections, one per request;
 #     blender   a backend like Blender (mockd --work-us 85 --threads 1): direct
 #               and the byte relays with one backend connection per client,
-#               brokerd with its small pool (4);
+#               brokerd with its small pool (4); blender-cache: the same
+#               with cacheable reads only (Zipf 0.99 over 1,000 keys, cache
+#               on); blender-open50: open loop at 50 % of direct's maximum
+#               against this backend (the backend sets the maximum here, so
+#               the rows show the latency a relay adds, not queueing);
 #     open50    open loop (loadgen --rate) at 50 % of direct's eq-d1 maximum
 #               at 64 clients: the latency each relay adds at a fixed load
 #               (full runs add open25: on 2 vCPUs 50 % of direct can exceed
@@ -359,6 +363,25 @@ for round in $(seq "$rounds"); do
     relay_row broker blender blender 64 1 4 "$round" "$mock_addr" 4 0 --
     relay_row haproxy blender blender 64 1 64 "$round" "$mock_addr" 64 0 --
     relay_row nginx blender blender 64 1 64 "$round" "$mock_addr" 0 0 --
+    dblender=$(grep '"path": *"direct"' "$results" | grep '"group": *"blender"' | tail -n 1 |
+               python3 -c 'import json,sys; print(int(json.load(sys.stdin)["req_per_s"]))')
+    # Cacheable reads only (a get_* command over Zipf keys): what the cache
+    # buys in front of one serial backend. brokerd pool 4 with its cache,
+    # direct over 64 connections as above.
+    mix=(--type get_thing --keys 1000 --zipf 0.99)
+    run_row direct blender-cache blender-cache 64 1 64 "$round" -- $(direct_args) "${mix[@]}"
+    relay_row broker blender-cache blender-cache 64 1 4 "$round" "$mock_addr" 4 1 -- "${mix[@]}"
+    # Latency added at 50 % of direct's maximum against this backend: here
+    # the backend, not the host's CPUs, sets the maximum, so 50 % leaves
+    # every relay far from its own limit and the figure is its added latency.
+    if [ "${dblender:-0}" -ge 2 ]; then
+      rate=$(( dblender / 2 ))
+      g="blender-open50"
+      run_row direct "$g" "$g" 64 1 64 "$round" -- $(direct_args) --rate "$rate"
+      relay_row broker "$g" "$g" 64 1 4 "$round" "$mock_addr" 4 0 -- --rate "$rate"
+      relay_row haproxy "$g" "$g" 64 1 64 "$round" "$mock_addr" 64 0 -- --rate "$rate"
+      relay_row nginx "$g" "$g" 64 1 64 "$round" "$mock_addr" 0 0 -- --rate "$rate"
+    fi
     stop_pid "$mock_pid"
     mock_addr=$mock0_addr mock_pid=$mock0_pid
   fi

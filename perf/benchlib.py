@@ -235,12 +235,19 @@ def targets(rows, floor):
         if b and h and b.get("req_per_s") and h.get("req_per_s"):
             out.append("%s (connection per request): broker/HAProxy throughput %s (target >= 3)"
                        % (g, fmt(ratio(b["req_per_s"], h["req_per_s"]), 2)))
-    for g in [g for g in group_order(rows) if g.startswith("open")]:
+    for g, goal in (("blender", 0.9), ("blender-cache", 5), ("cache", None)):
+        d, b = find(rows, g, "direct"), find(rows, g, "broker")
+        if d and b and d.get("req_per_s") and b.get("req_per_s"):
+            out.append("%s: broker/direct throughput %s%s" % (
+                g, fmt(ratio(b["req_per_s"], d["req_per_s"]), 2),
+                " (target >= %s)" % goal if goal else ""))
+    for g in [g for g in group_order(rows) if "open" in g]:
         d = find(rows, g, "direct")
         for path in ("broker", "haproxy", "nginx"):
             r = find(rows, g, path)
             if d and r and r.get("p50_us") is not None and d.get("p50_us") is not None:
-                out.append("%s at %s req/s offered: %s adds p50 %s us, p99 %s us over direct" % (
+                out.append("%s at %s req/s offered: %s adds p50 %s us, p99 %s us over direct"
+                           " (target p50 <= 50, p99 <= 150)" % (
                     g, fmt(r.get("offered_rps")), path, fmt(r["p50_us"] - d["p50_us"]),
                     fmt(r["p99_us"] - d["p99_us"])))
     if not out:
