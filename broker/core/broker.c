@@ -314,6 +314,17 @@ static int compat_bind(struct broker *b, struct sdlisten *sl, char *err, size_t 
     return rc;
 }
 
+/* The address family of a bound socket; AF_UNSPEC when unknown (then
+ * peer_admit() asks again per client). */
+static int sock_family(int fd)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    if (fd < 0 || getsockname(fd, (struct sockaddr *)&ss, &sl) < 0)
+        return AF_UNSPEC;
+    return ss.ss_family;
+}
+
 int broker_create(struct broker **out, struct broker_config *cfg, char *err, size_t errlen)
 {
     struct broker *b = calloc(1, sizeof *b);
@@ -381,6 +392,8 @@ int broker_create(struct broker **out, struct broker_config *cfg, char *err, siz
         goto err;
     if ((rc = sdlisten_finish(&sl, err, errlen)) < 0)
         goto err;
+    b->listen_family = sock_family(b->listen_fd);
+    b->compat_family = sock_family(b->compat_fd);
     *out = b;
     return 0;
 err:

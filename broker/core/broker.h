@@ -164,6 +164,10 @@ struct broker {
     struct metrics_http *metrics; /* its thread (metrics_http.c) while it runs */
     int compat_fd;        /* compat_listen (the add-on protocol), listening; -1: off */
     bool compat_unlink;   /* we created its file (a Unix path) */
+    /* the address families of listen_fd and compat_fd, read once at bind
+     * (socket activation can hand over either kind): an accepted socket has
+     * its listener's, so peer_admit() need not ask the kernel per client */
+    int listen_family, compat_family;
     char compat_path[CONFIG_UNIX_PATH_MAX + 1]; /* that path (not reloadable: a copy) */
 };
 

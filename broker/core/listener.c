@@ -13,8 +13,9 @@
  * connected, the listeners, the rings; see fd_kept), the way HAProxy derives
  * maxconn from ulimit -n, so a flood of clients cannot take the socket a
  * connected client's request needs to reach its backend. The limit is re-read
- * on every accepted client: `prlimit --pid` on the running process takes
- * effect from the next one. Clients over the cap are accepted, told why in
+ * once per round of accepted clients (those that complete together; one
+ * syscall a round, not a client) and again before one is refused:
+ * `prlimit --pid` on the running process takes effect from the next client. Clients over the cap are accepted, told why in
  * one line and closed. Accepts are single-shot, at most ACCEPT_BATCH in
  * flight and no more than the descriptors left for clients (one when none
  * are left, to refuse the next client): a multishot accept takes every
@@ -145,6 +146,7 @@ struct fd_budget {
     uint64_t limit; /* RLIMIT_NOFILE soft limit when last read (0: never) */
     uint64_t room;  /* clients the limit leaves room for, at least 1 */
     uint64_t gen;   /* configuration generation `kept` was counted for */
+    bool fresh;     /* read in this listener round already (see on_accept) */
 };
 
 static uint64_t fd_kept(const struct broker *b)
@@ -308,11 +310,20 @@ struct listener {
 static void on_accept(struct listener *l, int fd, bool compat)
 {
     struct broker *b = l->b;
-    if (!peer_admit(b, fd, compat ? "compat_listen" : "listen"))
+    if (!peer_admit(b, fd, compat ? b->compat_family : b->listen_family,
+                    compat ? "compat_listen" : "listen"))
         return;
-    if (fd_budget_read(b, &l->fds))
+    /* Once per round, not per client (one syscall saved per connection):
+     * the accepts of one round complete together. A refusal reads it again. */
+    if (!l->fds.fresh && fd_budget_read(b, &l->fds))
         fd_budget_log(b, &l->fds, false);
+    l->fds.fresh = true;
     uint32_t n = atomic_fetch_add_explicit(&b->nclients, 1, memory_order_relaxed);
+    /* Before refusing, read the limit again: it may have been raised after
+     * this round read it (a round takes the completions that arrive while
+     * it runs, too). */
+    if (n >= fd_cap(b, &l->fds) && fd_budget_read(b, &l->fds))
+        fd_budget_log(b, &l->fds, false);
     if (n >= fd_cap(b, &l->fds)) {
         atomic_fetch_sub_explicit(&b->nclients, 1, memory_order_relaxed);
         refuse_over_cap(b, &l->fds, fd, compat);
@@ -480,6 +491,7 @@ static int listener_loop(struct listener *l)
         }
         struct io_uring_cqe *cqe;
         unsigned head, seen = 0;
+        l->fds.fresh = false;
         pthread_rwlock_rdlock(&b->cfg_lock);
         io_uring_for_each_cqe(l->ring, head, cqe)
         {

@@ -34,12 +34,17 @@ static bool in_list(const struct config_idlist *l, uint32_t id)
     return false;
 }
 
-void peer_judge(int fd, const struct broker_config *cfg, bool tcp_ok, struct peer_verdict *out)
+void peer_judge(int fd, int family, const struct broker_config *cfg, bool tcp_ok,
+                struct peer_verdict *out)
 {
     *out = (struct peer_verdict){0};
-    struct sockaddr_storage ss;
-    socklen_t sl = sizeof ss;
-    if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0 && ss.ss_family != AF_UNIX) {
+    if (family == AF_UNSPEC) {
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof ss;
+        if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0)
+            family = ss.ss_family;
+    }
+    if (family != AF_UNSPEC && family != AF_UNIX) {
         out->allowed = tcp_ok; /* TCP has no credentials to read */
         return;
     }
@@ -71,10 +76,10 @@ size_t peer_refusal_line(const struct peer_verdict *v, char *buf, size_t cap)
     return n > 0 && (size_t)n < cap ? (size_t)n : 0;
 }
 
-bool peer_admit(struct broker *b, int fd, const char *which)
+bool peer_admit(struct broker *b, int fd, int family, const char *which)
 {
     struct peer_verdict v;
-    peer_judge(fd, bcfg(b), true, &v);
+    peer_judge(fd, family, bcfg(b), true, &v);
     if (v.allowed)
         return true;
     atomic_fetch_add_explicit(&b->peers_refused, 1, memory_order_relaxed);

@@ -253,7 +253,7 @@ static void on_writable(struct admin_client *c)
 static void on_accept(struct admin *a)
 {
     int fd = accept4(a->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (fd < 0 || !peer_admit(a->b, fd, "admin_listen"))
+    if (fd < 0 || !peer_admit(a->b, fd, AF_UNSPEC, "admin_listen"))
         return;
     for (int i = 0; i < ADMIN_CLIENTS; i++)
         if (a->clients[i].fd == -1) {

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Descriptor exhaustion (issue 9): brokerd keeps a reserve of descriptors for
 its backend connections and caps its clients at what RLIMIT_NOFILE leaves,
-re-reading the limit on every new client. Each case starts the real brokerd
+re-reading the limit once per round of new clients and before refusing one. Each case starts the real brokerd
 and mockd and changes the running broker's soft limit with prlimit(2)
 (resource.prlimit on its pid, as `prlimit --pid` does), then fills it to the
 cap: clients are opened until one is refused.
