@@ -189,7 +189,7 @@ int config_write_reference_md(FILE *out)
     char def[192], range[128];
 
     fputs("# brokerd configuration reference\n\n"
-          "<!-- Generated from the key table in broker/config.c by config_write_reference_md().\n"
+          "<!-- Generated from the key table in broker/ops/config.c by config_write_reference_md().\n"
           "     Do not edit. Regenerate: brokerd --print-config-reference > "
           "docs/config-reference.md\n"
           "     (or BROKER_UPDATE_DOCS=1 build/bin/test_config). -->\n\n"

@@ -27,7 +27,7 @@
  *      continuations and newlines inside brackets vanish, so `os . system`,
  *      `os .\<newline> system` and `os.# c<newline>system` (in brackets) all
  *      read as os . system. Strings are decoded (escapes, implicit
- *      concatenation `"sys" "tem"` is merged by pull()). f-strings (and
+ *      concatenation `"sys" "tem"` is merged by the lexer, screen_lex.c). f-strings (and
  *      3.14 t-strings) become one opaque string token followed by each
  *      replacement field as code wrapped in virtual parentheses, following
  *      Python 3.12's grammar (nested quotes, nested f-strings on a bounded

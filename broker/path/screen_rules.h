@@ -53,7 +53,7 @@ enum rule {
  *   attr  - after a dot, on any receiver;
  *   key   - as a string literal used as a name: ns['exec'], the name in
  *           getattr(x, 'system'), attrgetter('__globals__').
- * `call` marks names whose call is inspected, `mod` a module (struct module).
+ * `call` marks names whose call is inspected, `mod` a module (enum mod_kind).
  */
 enum call_kind { C_NONE, C_GETATTR, C_METHODCALLER, C_ATTRGETTER, C_OPEN, C_UNLINK, C_EXPR };
 
