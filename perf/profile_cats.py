@@ -24,6 +24,8 @@ import sys
 CATS = [
     ("accept (incl. file alloc)", ("do_accept", "io_accept", "__sys_accept4")),
     ("close (fput)", ("__fput", "__x64_sys_close", "io_close")),
+    ("TCP connect + socket (to the backend)", ("__sys_connect", "inet_stream_connect",
+                                               "__sys_socket", "io_connect", "io_socket")),
     ("TCP send (incl. loopback delivery)", ("tcp_sendmsg",)),
     ("Unix send", ("unix_stream_sendmsg",)),
     ("TCP recv", ("tcp_recvmsg",)),
