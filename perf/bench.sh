@@ -110,6 +110,8 @@ out=$(cd "$out" && pwd)
 results="$out/results.jsonl"
 : > "$results"
 lib="$here/benchlib.py"
+# shellcheck source=perf/relays.sh
+. "$here/relays.sh"
 tck=$(getconf CLK_TCK)
 tmp=$(mktemp -d /tmp/bench.XXXXXX)
 pids=()
@@ -174,15 +176,9 @@ start_mockd() { # name work_us -> sets mock_addr, mock_pid
 }
 
 start_broker() { # backend pool cache(0|1) -> relay_pid relay_sock
-  local sock="$tmp/b.sock" cfg="$tmp/b.json" cache='{"max_bytes":0}'
-  [ "$3" = 1 ] && cache='{}'
+  local sock="$tmp/b.sock" cfg="$tmp/b.json"
   rm -f "$sock"
-  cat > "$cfg" <<EOF
-{"listen": "$sock", "admin_listen": "$tmp/b.admin.sock", "workers": $threads,
- "log": {"level": "warn"}, "max_clients": 100000, "cache": $cache,
- "rate_limit": {"rate": 10000000, "burst": 100000000},
- "backends": [{"name": "mock", "address": "$1", "pool_size": $2, "max_queue": 65536}]}
-EOF
+  broker_config "$sock" "$tmp/b.admin.sock" "$1" "$2" "$3" "$threads" > "$cfg"
   "$bin/brokerd" --config "$cfg" 2>>"$tmp/brokerd.err" >/dev/null &
   relay_pid=$!; pids+=("$relay_pid"); relay_sock=$sock
   wait_file "$sock" 5 brokerd "$tmp/brokerd.err"
@@ -191,22 +187,7 @@ EOF
 start_haproxy() { # backend maxconn -> relay_pid relay_sock
   local sock="$tmp/h.sock" cfg="$tmp/haproxy.cfg"
   rm -f "$sock"
-  cat > "$cfg" <<EOF
-global
-    maxconn 4096
-    nbthread $threads
-defaults
-    mode tcp
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-    timeout queue 60s
-frontend f
-    bind unix@$sock
-    default_backend b
-backend b
-    server m $1 maxconn $2
-EOF
+  haproxy_config "$sock" "$1" "$2" "$threads" > "$cfg"
   "$haproxy_exe" -f "$cfg" -db >/dev/null 2>>"$tmp/haproxy.err" &
   relay_pid=$!; pids+=("$relay_pid"); relay_sock=$sock
   wait_file "$sock" 5 haproxy "$tmp/haproxy.err"

@@ -77,33 +77,14 @@ for _ in $(seq 100); do grep -q "listening on" "$tmp/m.err" 2>/dev/null && break
 addr=$(grep -o 'listening on [^ ]*' "$tmp/m.err" | cut -d' ' -f3)
 [ -n "$addr" ] || { echo "profile.sh: mockd did not start" >&2; cat "$tmp/m.err" >&2; exit 1; }
 
+# shellcheck source=perf/relays.sh
+. "$here/relays.sh"
 if [ "$relay" = haproxy ]; then
-  cat > "$tmp/h.cfg" <<H
-global
-    maxconn 4096
-    nbthread 1
-defaults
-    mode tcp
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-    timeout queue 60s
-frontend f
-    bind unix@$tmp/r.sock
-    default_backend b
-backend b
-    server m $addr maxconn $pool
-H
+  haproxy_config "$tmp/r.sock" "$addr" "$pool" 1 > "$tmp/h.cfg"
   haproxy -f "$tmp/h.cfg" -db >/dev/null 2>"$tmp/r.err" &
   rpid=$!; lmode=direct
 else
-  c='{"max_bytes":0}'; [ $cache -eq 1 ] && c='{}'
-  cat > "$tmp/b.json" <<J
-{"listen": "$tmp/r.sock", "admin_listen": "$tmp/a.sock", "workers": 1,
- "log": {"level": "warn"}, "max_clients": 100000, "cache": $c,
- "rate_limit": {"rate": 10000000, "burst": 100000000},
- "backends": [{"name": "mock", "address": "$addr", "pool_size": $pool, "max_queue": 65536}]}
-J
+  broker_config "$tmp/r.sock" "$tmp/a.sock" "$addr" "$pool" "$cache" 1 > "$tmp/b.json"
   "$bin/brokerd" --config "$tmp/b.json" >/dev/null 2>"$tmp/r.err" &
   rpid=$!; lmode=broker
 fi
