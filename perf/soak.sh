@@ -185,9 +185,10 @@ pids+=($!)
           'fault_slow {"ms":300,' 'fault_hang {' 'fault_drip {"interval_ms":50,'
           'fault_huge {"bytes":2000000,' 'fault_empty {' 'fault_extra {' 'fault_array {'
           'fault_nonascii {')
-  # Each worker keeps a buffer as large as the largest read answer it has
-  # relayed (perf/RESULTS.md, issue 12): a few huge reads first, in the
-  # warm-up, so that high-water mark is reached before the growth fit starts.
+  # A few huge reads first, in the warm-up: the allocator's size classes
+  # for 2 MB answers (and, before SCRATCH_KEEP, each worker's scratch buffer:
+  # perf/RESULTS.md, issue 12) reach their high-water mark before the growth
+  # fit starts.
   for k in 1 2 3 4; do
     timeout 10 "$bin/brokerctl" --listen "$bsock" --json call fault_huge "{\"bytes\":2000000,\"n\":-$k}" >/dev/null 2>&1 || true
   done
